@@ -7,7 +7,6 @@ from feast.types import Float64
 
 from features.item import item_stats_fv
 from features.user import user_activity_fv
-from pipelines import contracts
 
 
 @on_demand_feature_view(
@@ -19,4 +18,7 @@ from pipelines import contracts
     tags={"team": "ranking"},
 )
 def user_item_match_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
-    return contracts.genre_match(inputs)
+    # Feast rebuilds this function from its source text, so it imports what it uses.
+    from pipelines.contracts import genre_match
+
+    return genre_match(inputs)

@@ -42,11 +42,12 @@ class Settings(BaseSettings):
     # --- training / evaluation --------------------------------------------
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
-    holdout_days: int = 28
-    train_days: int = 150  # training window before the holdout
+    holdout_days: int = 90  # ML-1M is sparse at its end: 90 days give ~640 queries
+    train_days: int = 540  # training window before the holdout
     negatives_per_query: int = 20
     eval_negatives_per_query: int = 50
     max_train_queries: int = 30_000
+    max_positives_per_query: int = 50
     num_workers: int = 2
     n_estimators: int = 200
     max_depth: int = 6

@@ -82,8 +82,21 @@ def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataF
     """
     store = open_store(settings)
     service = store.get_feature_service(contracts.FEATURE_SERVICE)
-    job = store.get_historical_features(entity_df=entity_df, features=service)
-    return job.to_df()
+    # Feast's file (Dask) store de-duplicates on the join keys seen *so far* plus the
+    # timestamp, so with a user view joined before an item view every row of a
+    # (user, timestamp) but one is dropped. A distinct sub-second offset per row keeps
+    # them apart; feature rows are stamped at midnight, so the offset changes no match.
+    offset = entity_df.groupby(["user_id", "event_timestamp"]).cumcount()
+    keyed = entity_df.assign(
+        _row=range(len(entity_df)),
+        _ts=entity_df["event_timestamp"],
+        event_timestamp=entity_df["event_timestamp"] + pd.to_timedelta(offset, unit="ms"),
+    )
+    if int(offset.max() if len(offset) else 0) >= 1000:
+        raise ValueError("at most 1000 candidates per (user, timestamp) in one retrieval")
+    joined = store.get_historical_features(entity_df=keyed, features=service).to_df()
+    joined = joined.sort_values("_row").drop(columns=["_row", "event_timestamp"])
+    return joined.rename(columns={"_ts": "event_timestamp"}).reset_index(drop=True)
 
 
 def online_features(

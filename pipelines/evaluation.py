@@ -1,0 +1,58 @@
+"""Offline evaluation on the time-split holdout: NDCG@10, MAP@10 and Recall@10 per query."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines import contracts
+
+K = 10
+METRICS = ("ndcg@10", "map@10", "recall@10")
+
+
+def rank_order(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices by descending score, ties broken at random (never by candidate order)."""
+    return np.lexsort((rng.random(len(scores)), -np.nan_to_num(scores, nan=-np.inf)))
+
+
+def query_metrics(labels: np.ndarray, order: np.ndarray, k: int = K) -> dict[str, float]:
+    """Metrics of one query. Gains are graded (2^label - 1); MAP and recall count label > 0."""
+    ranked = labels[order]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    gains = 2.0 ** ranked[:k] - 1.0
+    ideal = 2.0 ** np.sort(labels)[::-1][:k] - 1.0
+    idcg = float(ideal @ discounts[: ideal.size])
+    ndcg = float(gains @ discounts[: gains.size]) / idcg if idcg > 0 else 0.0
+    relevant = ranked > 0
+    n_relevant = int((labels > 0).sum())
+    hits = relevant[:k]
+    precision_at = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    ap = float((precision_at * hits).sum() / min(n_relevant, k)) if n_relevant else 0.0
+    recall = float(hits.sum() / n_relevant) if n_relevant else 0.0
+    return {"ndcg@10": ndcg, "map@10": ap, "recall@10": recall}
+
+
+def per_query_metrics(frame: pd.DataFrame, score_col: str, seed: int) -> pd.DataFrame:
+    """One row of metrics per query (``query_id``, ``label``, ``score_col``)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for qid, group in frame.groupby("query_id", sort=True):
+        labels = group["label"].to_numpy(dtype=float)
+        order = rank_order(group[score_col].to_numpy(dtype=float), rng)
+        rows.append({"query_id": qid, **query_metrics(labels, order)})
+    return pd.DataFrame(rows)
+
+
+def summarise(per_query: pd.DataFrame) -> dict[str, float]:
+    """Mean of each metric over queries, plus the number of queries."""
+    out = {m: round(float(per_query[m].mean()), 4) for m in METRICS}
+    out["queries"] = int(len(per_query))
+    return out
+
+
+def baseline_scores(holdout: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
+    """Random scores, and trailing-window popularity as of the query day."""
+    rng = np.random.default_rng(seed)
+    popularity = holdout[contracts.POPULARITY_FEATURE].astype(float).fillna(-1.0).to_numpy()
+    return {"random": rng.random(len(holdout)), "popularity": popularity}

@@ -1,0 +1,65 @@
+"""Ingest: copy the day's landed partition into the lake (and all history on bootstrap)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+
+import pandas as pd
+
+from pipelines.config import Settings
+from pipelines.data import partition_path
+
+
+def landed_days(settings: Settings) -> list[date]:
+    return sorted(
+        date.fromisoformat(p.name.removeprefix("date="))
+        for p in settings.landing_dir.glob("date=*")
+        if (p / "part.parquet").exists()
+    )
+
+
+def lake_days(settings: Settings) -> list[date]:
+    return sorted(
+        date.fromisoformat(p.name.removeprefix("date="))
+        for p in settings.raw_dir.glob("date=*")
+        if (p / "part.parquet").exists()
+    )
+
+
+def days_to_ingest(
+    logical_date: date, landed: list[date], in_lake: list[date], backfill_from: date | None
+) -> list[date]:
+    """The logical date's partition; on bootstrap (empty lake) or backfill, the earlier ones too."""
+    if backfill_from is not None:
+        return [d for d in landed if backfill_from <= d <= logical_date]
+    if not in_lake:
+        return [d for d in landed if d <= logical_date]
+    return [d for d in landed if d == logical_date]
+
+
+def ingest(logical_date: date, settings: Settings, backfill_from: date | None = None) -> list[date]:
+    """Copy partitions from landing into the raw lake, overwriting (a re-run never duplicates)."""
+    days = days_to_ingest(logical_date, landed_days(settings), lake_days(settings), backfill_from)
+    for day in days:
+        target = partition_path(settings.raw_dir, day)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(partition_path(settings.landing_dir, day), target)
+    return days
+
+
+def read_partitions(settings: Settings, days: list[date]) -> pd.DataFrame:
+    """The raw rows of ``days``, with the partition each row came from."""
+    frames = []
+    for day in days:
+        part = pd.read_parquet(partition_path(settings.raw_dir, day))
+        frames.append(part.assign(partition_date=day.isoformat()))
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp", "partition_date"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_lake(settings: Settings, until: date) -> pd.DataFrame:
+    """Every validated interaction up to and including ``until``."""
+    days = [d for d in lake_days(settings) if d <= until]
+    return read_partitions(settings, days).drop(columns="partition_date")

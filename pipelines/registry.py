@@ -1,0 +1,171 @@
+"""Model registry: BentoML's model store holds the models, a JSON pointer names production.
+
+Serving loads the exact tag the pointer names (never ``:latest``), so promotion and
+rollback are one atomic file write each, and the model store keeps every version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines import contracts
+from pipelines.config import Settings
+
+if TYPE_CHECKING:
+    import xgboost
+
+DEFAULT_MODEL_NAME = "content_ranker"
+MAX_HISTORY = 20
+
+
+def _bentoml(settings: Settings):
+    """``bentoml``, with its model store in ``settings.bentoml_home``.
+
+    BentoML resolves ``BENTOML_HOME`` once per process; if something imported and used
+    it before our settings were exported, point its store at ours explicitly.
+    """
+    settings.export_env()
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    home = str(settings.bentoml_home)
+    if os.path.realpath(BentoMLContainer.bentoml_home.get()) != os.path.realpath(home):
+        models = settings.bentoml_home / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        BentoMLContainer.bentoml_home.set(home)
+        BentoMLContainer.model_store.set(ModelStore(str(models)))
+    return bentoml
+
+
+def _json_like(value: Any) -> Any:
+    """``value`` as plain JSON types (numpy scalars, paths and dates become numbers/strings)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalar
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return str(obj)
+
+
+def save_model(
+    booster: xgboost.Booster,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    metadata: dict,
+    labels: dict | None = None,
+    settings: Settings,
+) -> str:
+    """Store ``booster`` with its lineage ``metadata``; returns the new tag (``name:version``)."""
+    bentoml = _bentoml(settings)
+    meta = _json_like(metadata)
+    meta.setdefault("feature_names", list(contracts.MODEL_FEATURES))
+    meta.setdefault("feature_service", contracts.FEATURE_SERVICE)
+    model = bentoml.xgboost.save_model(
+        name,
+        booster,
+        metadata=meta,
+        labels={str(k): str(v) for k, v in (labels or {}).items()},
+    )
+    return str(model.tag)
+
+
+def load_booster(tag: str, settings: Settings) -> xgboost.Booster:
+    """The booster stored under ``tag`` (raises ``bentoml.exceptions.NotFound`` if absent)."""
+    bentoml = _bentoml(settings)
+    return bentoml.xgboost.load_model(tag)
+
+
+def model_info(tag: str, settings: Settings) -> dict:
+    """Tag, lineage metadata, labels and creation time of a stored model."""
+    bentoml = _bentoml(settings)
+    model = bentoml.models.get(tag)
+    return {
+        "tag": str(model.tag),
+        "metadata": dict(model.info.metadata),
+        "labels": dict(model.info.labels),
+        "creation_time": model.info.creation_time.isoformat(),
+    }
+
+
+def list_models(settings: Settings, name: str = DEFAULT_MODEL_NAME) -> list[str]:
+    """Every stored tag of ``name``, oldest first."""
+    bentoml = _bentoml(settings)
+    models = [m for m in bentoml.models.list() if m.tag.name == name]
+    return [str(m.tag) for m in sorted(models, key=lambda m: m.info.creation_time)]
+
+
+# --- the production pointer ---------------------------------------------------------------
+
+
+def read_pointer(settings: Settings) -> dict | None:
+    """The pointer file's content, or None if nothing was ever promoted."""
+    path = settings.production_pointer
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def production_tag(settings: Settings) -> str | None:
+    """The tag serving should load, or None if nothing was ever promoted."""
+    pointer = read_pointer(settings)
+    return pointer.get("tag") if pointer else None
+
+
+def _write_pointer(path: Path, pointer: dict) -> None:
+    """Atomic replace: a reader sees the old or the new pointer, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".production.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(pointer, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def promote(tag: str, settings: Settings, reason: str) -> dict:
+    """Point production at ``tag`` (which must exist in the store), keeping the old tag in history."""
+    _bentoml(settings).models.get(tag)  # fail before touching the pointer
+    old = read_pointer(settings) or {}
+    previous = list(old.get("previous", []))
+    if old.get("tag") and old["tag"] != tag:
+        previous.insert(0, old["tag"])
+    pointer = {
+        "tag": tag,
+        "previous": previous[:MAX_HISTORY],
+        "promoted_at": datetime.now(UTC).isoformat(),
+        "reason": reason,
+    }
+    _write_pointer(settings.production_pointer, pointer)
+    return pointer
+
+
+def rollback(settings: Settings, reason: str = "rollback") -> str:
+    """Point production back at the previous tag; returns it."""
+    old = read_pointer(settings)
+    if not old or not old.get("previous"):
+        raise RuntimeError("no previous production model to roll back to")
+    tag, *rest = old["previous"]
+    pointer = {
+        "tag": tag,
+        "previous": rest,
+        "promoted_at": datetime.now(UTC).isoformat(),
+        "reason": reason,
+        "rolled_back_from": old["tag"],
+    }
+    _write_pointer(settings.production_pointer, pointer)
+    return tag

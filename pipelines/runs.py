@@ -1,0 +1,51 @@
+"""Per-run bookkeeping: every stage's output is keyed by the run's logical date."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import get_settings
+
+
+def as_date(value: date | str) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write atomically, so a killed task never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def stage(name: str) -> Callable:
+    """Record the wall time of a stage in ``runs/<date>/timings.json`` (a re-run overwrites it)."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(logical_date: date | str, *args: Any, **kwargs: Any) -> Any:
+            day = as_date(logical_date)
+            started = time.perf_counter()
+            try:
+                return fn(day, *args, **kwargs)
+            finally:
+                path = get_settings().run_dir(day) / "timings.json"
+                timings = read_json(path, {})
+                timings[name] = round(time.perf_counter() - started, 2)
+                write_json(path, timings)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,30 @@
+"""The SparkSession: one per process, configured from settings (``local[2]`` or a cluster URL)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipelines.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def get_spark(settings: Settings) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    settings.export_env()
+    return (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("content-ranker")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .getOrCreate()
+    )

@@ -1,0 +1,374 @@
+"""The DAG's tasks: one function per Airflow task, each a thin I/O shell around a stage module.
+
+Every function takes the run's logical date, reads its inputs from storage,
+writes its outputs under ``runs/<logical date>/`` (so a re-run overwrites) and
+returns a small JSON-able dict for the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+
+from pipelines import contracts
+from pipelines.config import PROJECT_ROOT, get_settings
+from pipelines.runs import read_json, stage, write_json
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """Raw data broke its contract: the partition is quarantined and the run stops."""
+
+
+@stage("ingest")
+def ingest(logical_date: date, backfill_from: str | None = None) -> dict:
+    from pipelines.ingest import ingest as copy_partitions
+
+    settings = get_settings()
+    start = date.fromisoformat(backfill_from) if backfill_from else None
+    days = copy_partitions(logical_date, settings, backfill_from=start)
+    if not days:
+        raise FileNotFoundError(f"no landed partition for {logical_date} in {settings.landing_dir}")
+    out = {"partitions": [d.isoformat() for d in days]}
+    write_json(settings.run_dir(logical_date) / "ingest.json", out)
+    return {"partitions": len(days), "first": days[0].isoformat(), "last": days[-1].isoformat()}
+
+
+@stage("validate")
+def validate(logical_date: date) -> dict:
+    """Run the raw-data contract on this run's partitions; quarantine them if it fails."""
+    from pipelines.data import partition_path
+    from pipelines.ingest import read_partitions
+    from pipelines.validation import failure_message, quarantine_partition, validate_interactions
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    days = [date.fromisoformat(d) for d in read_json(run_dir / "ingest.json")["partitions"]]
+    frame = read_partitions(settings, days)
+    result = validate_interactions(
+        frame, partition_dates=days, settings=settings, run_name=f"raw-{logical_date}"
+    )
+    write_json(run_dir / "validation.json", result)
+    if not result["passed"]:
+        for day in days:
+            quarantine_partition(partition_path(settings.raw_dir, day), day, result, settings)
+        raise ValidationFailed(failure_message(result))
+    return {"passed": True, "rows": result["rows"], "data_docs": result["data_docs"]}
+
+
+@stage("features")
+def build_features(logical_date: date) -> dict:
+    from pipelines.features import build_features as compute
+
+    settings = get_settings()
+    out = compute(logical_date, settings)
+    write_json(settings.run_dir(logical_date) / "features.json", out)
+    return out
+
+
+@stage("materialize")
+def materialize(logical_date: date) -> dict:
+    """``feast apply`` the repo, then load the newest feature rows into the online store."""
+    from pipelines import feature_store
+    from pipelines.data import dataset_facts
+    from pipelines.training_set import utc_midnight
+
+    settings = get_settings()
+    applied = feature_store.apply(settings)
+    first = date.fromisoformat(dataset_facts(settings)["first_date"])
+    # Snapshots for day D+1 (built from events up to D) are what serving needs.
+    end = utc_midnight(logical_date + timedelta(days=1)) + timedelta(seconds=1)
+    window = feature_store.materialize(settings, utc_midnight(first), end)
+    out = {"applied": applied, "window": window}
+    write_json(settings.run_dir(logical_date) / "materialize.json", out)
+    return out
+
+
+@stage("training_set")
+def build_training_set(logical_date: date) -> dict:
+    """Training queries and holdout queries, with features joined point in time by Feast."""
+    from pipelines import feature_store, ids
+    from pipelines.ingest import read_lake
+    from pipelines.training_set import build_queries, dataset_hash, day_bounds
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    lake = read_lake(settings, until=logical_date)
+    events = pd.DataFrame(
+        {
+            "user_id": ids.to_internal(
+                lake["user_id"], ids.read_mapping(settings.ids_dir / "users.parquet")
+            ),
+            "item_id": ids.to_internal(
+                lake["item_id"], ids.read_mapping(settings.ids_dir / "items.parquet")
+            ),
+            "rating": lake["rating"],
+            "timestamp": lake["timestamp"],
+        }
+    ).astype({"user_id": "int64", "item_id": "int64"})
+    bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
+    train = build_queries(
+        events,
+        bounds["train_start"],
+        bounds["train_end"],
+        settings.negatives_per_query,
+        settings.max_positives_per_query,
+        settings.seed,
+    )
+    if train["query_id"].nunique() > settings.max_train_queries:
+        keep = (
+            train["query_id"]
+            .drop_duplicates()
+            .sample(settings.max_train_queries, random_state=settings.seed)
+        )
+        train = train[train["query_id"].isin(keep)]
+    holdout = build_queries(
+        events,
+        bounds["train_end"] + 1,
+        bounds["holdout_end"],
+        settings.eval_negatives_per_query,
+        10_000,
+        settings.seed + 1,
+    )
+    holdout["query_id"] += int(train["query_id"].max()) + 1 if len(train) else 0
+    entities = pd.concat([train.assign(split="train"), holdout.assign(split="holdout")])
+    joined = feature_store.historical_features(settings, entities)
+    joined = joined.sort_values(["split", "query_id", "item_id"]).reset_index(drop=True)
+    train_set = joined[joined["split"] == "train"].drop(columns="split")
+    holdout_set = joined[joined["split"] == "holdout"].drop(columns="split")
+    train_set.to_parquet(run_dir / "training_set.parquet", index=False)
+    holdout_set.to_parquet(run_dir / "holdout.parquet", index=False)
+    out = {
+        "train_rows": len(train_set),
+        "train_queries": int(train_set["query_id"].nunique()),
+        "holdout_rows": len(holdout_set),
+        "holdout_queries": int(holdout_set["query_id"].nunique()),
+        "training_set_hash": dataset_hash(
+            train_set[[*contracts.MODEL_FEATURES, "label", "query_id"]]
+        ),
+        "bounds": bounds,
+    }
+    write_json(run_dir / "training_set.json", out)
+    return out
+
+
+@stage("train")
+def train(logical_date: date, shuffle_labels: bool = False) -> dict:
+    """Fit the candidate on Spark; ``shuffle_labels`` trains a deliberately useless one (tests)."""
+    from pipelines import training
+    from pipelines.spark import get_spark
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    train_set = pd.read_parquet(run_dir / "training_set.parquet")
+    if shuffle_labels:
+        train_set = training.shuffle_labels(train_set, settings.seed)
+    params = training.ranker_params(settings)
+    booster = training.train_ranker(get_spark(settings), train_set, params)
+    booster.save_model(run_dir / "candidate.ubj")
+    out = {
+        "params": params,
+        "shuffled_labels": shuffle_labels,
+        "trees": booster.num_boosted_rounds(),
+    }
+    write_json(run_dir / "training.json", out)
+    return out
+
+
+@stage("evaluate")
+def evaluate(logical_date: date) -> dict:
+    """Model, random, popularity and the production model on the same holdout queries."""
+    import xgboost
+
+    from pipelines import evaluation, registry, scoring
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    holdout = pd.read_parquet(run_dir / "holdout.parquet")
+    candidate = xgboost.Booster()
+    candidate.load_model(run_dir / "candidate.ubj")
+    matrix = scoring.to_matrix(holdout)
+    scores = {"model": scoring.score(candidate, matrix)}
+    scores |= evaluation.baseline_scores(holdout, settings.seed)
+    production = registry.production_tag(settings)
+    if production is not None:
+        scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
+    metrics: dict[str, dict | None] = {"production": None}
+    per_query = {}
+    for name, values in scores.items():
+        pq = evaluation.per_query_metrics(holdout.assign(score=values), "score", settings.seed)
+        metrics[name] = evaluation.summarise(pq)
+        per_query[name] = pq["ndcg@10"].to_numpy()
+    out = {"metrics": metrics, "production_tag": production}
+    pd.DataFrame(per_query).to_parquet(run_dir / "per_query_ndcg.parquet", index=False)
+    write_json(run_dir / "evaluation.json", out)
+    return out
+
+
+@stage("gate")
+def gate(logical_date: date) -> dict:
+    from pipelines.promotion import gate as decide
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    metrics = read_json(run_dir / "evaluation.json")["metrics"]
+    decision = decide(metrics, settings.production_tolerance)
+    write_json(run_dir / "gate.json", decision)
+    return decision
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@stage("register")
+def register(logical_date: date) -> dict:
+    """Save the candidate in the model store with its lineage (promoted or not)."""
+    import xgboost
+
+    from pipelines import registry
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    booster = xgboost.Booster()
+    booster.load_model(run_dir / "candidate.ubj")
+    validation = read_json(run_dir / "validation.json", {})
+    training_set = read_json(run_dir / "training_set.json", {})
+    metadata = {
+        "logical_date": logical_date.isoformat(),
+        "partitions": read_json(run_dir / "ingest.json", {}).get("partitions", []),
+        "validation": {
+            "passed": validation.get("passed"),
+            "suites": {k: v.get("success") for k, v in validation.get("suites", {}).items()},
+        },
+        "feature_service": contracts.FEATURE_SERVICE,
+        "training_set_hash": training_set.get("training_set_hash"),
+        "training_rows": training_set.get("train_rows"),
+        "git_sha": _git_sha(),
+        "params": read_json(run_dir / "training.json", {}).get("params", {}),
+        "metrics": read_json(run_dir / "evaluation.json", {}).get("metrics", {}),
+        "gate": read_json(run_dir / "gate.json", {}),
+    }
+    tag = registry.save_model(
+        booster,
+        metadata=metadata,
+        labels={"logical_date": logical_date.isoformat()},
+        settings=settings,
+    )
+    out = {"model_tag": tag}
+    write_json(run_dir / "register.json", out)
+    return out
+
+
+def sample_requests(holdout: pd.DataFrame, n: int, seed: int) -> list[dict]:
+    """Real /rank bodies from holdout queries (external ids), for infra-validation."""
+    from pipelines import ids
+
+    settings = get_settings()
+    users = ids.read_mapping(settings.ids_dir / "users.parquet")
+    items = ids.read_mapping(settings.ids_dir / "items.parquet")
+    user_ext = dict(zip(users["internal_id"], users["external_id"].astype(str), strict=True))
+    item_ext = dict(zip(items["internal_id"], items["external_id"].astype(str), strict=True))
+    rng = np.random.default_rng(seed)
+    qids = holdout["query_id"].drop_duplicates().to_numpy()
+    bodies = []
+    for qid in rng.choice(qids, size=min(n, len(qids)), replace=False):
+        group = holdout[holdout["query_id"] == qid]
+        bodies.append(
+            {
+                "user_id": user_ext[int(group["user_id"].iloc[0])],
+                "item_ids": [item_ext[int(i)] for i in group["item_id"]],
+                "k": 10,
+            }
+        )
+    return bodies
+
+
+@stage("infra_validate")
+def infra_validate(logical_date: date) -> dict:
+    """Serve the candidate in a real BentoML process and send it real requests."""
+    from pipelines.infra_validation import infra_validate as check
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    decision = read_json(run_dir / "gate.json")
+    if not decision["passed"] or not settings.infra_validate:
+        reason = "gate failed" if not decision["passed"] else "disabled by configuration"
+        out = {"passed": None, "skipped": True, "reason": reason}
+    else:
+        tag = read_json(run_dir / "register.json")["model_tag"]
+        holdout = pd.read_parquet(run_dir / "holdout.parquet")
+        out = check(tag, settings, sample_requests(holdout, 5, settings.seed))
+    write_json(run_dir / "infra_validation.json", out)
+    return out
+
+
+@stage("promote")
+def promote(logical_date: date) -> dict:
+    """Move the ``production`` pointer to the candidate iff the gate and infra-validation passed."""
+    from pipelines import registry
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    decision = read_json(run_dir / "gate.json")
+    infra = read_json(run_dir / "infra_validation.json", {})
+    tag = read_json(run_dir / "register.json")["model_tag"]
+    if not decision["passed"]:
+        out = {"promoted": False, "reason": f"gate: {decision['reason']}"}
+    elif infra.get("passed") is False:
+        out = {"promoted": False, "reason": f"infra-validation: {infra.get('reason')}"}
+    else:
+        registry.promote(tag, settings, reason=decision["reason"])
+        out = {"promoted": True, "reason": decision["reason"]}
+    out |= {"model_tag": tag, "production_tag": registry.production_tag(settings)}
+    write_json(run_dir / "promotion.json", out)
+    return out
+
+
+def summarize(logical_date: date | str, run_id: str) -> str:
+    """Write ``summary.json`` for the run from what each task left behind; returns its path."""
+    from pipelines.data import dataset_facts
+    from pipelines.runs import as_date
+
+    settings = get_settings()
+    day = as_date(logical_date)
+    run_dir = settings.run_dir(day)
+    facts = dataset_facts(settings)
+    validation = read_json(run_dir / "validation.json", {})
+    evaluation = read_json(run_dir / "evaluation.json", {})
+    gate_result = read_json(run_dir / "gate.json", {})
+    promotion = read_json(run_dir / "promotion.json", {})
+    summary = {
+        "run_id": run_id,
+        "logical_date": day.isoformat(),
+        "dataset": {k: facts[k] for k in ("name", "rows", "users", "items")},
+        "validation": {
+            "passed": validation.get("passed"),
+            "suites": validation.get("suites", {}),
+            "data_docs": validation.get("data_docs"),
+        },
+        "metrics": evaluation.get("metrics"),
+        "gate": {"passed": gate_result.get("passed"), "reason": gate_result.get("reason")},
+        "model_tag": read_json(run_dir / "register.json", {}).get("model_tag"),
+        "promoted": bool(promotion.get("promoted", False)),
+        "promotion_reason": promotion.get("reason"),
+        "infra_validation": read_json(run_dir / "infra_validation.json"),
+        "training_set": read_json(run_dir / "training_set.json"),
+        "timings_s": read_json(run_dir / "timings.json", {}),
+    }
+    path = write_json(run_dir / "summary.json", summary)
+    return str(path)
