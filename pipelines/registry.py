@@ -44,8 +44,17 @@ def _bentoml(settings: Settings):
 
 
 def _json_like(value: Any) -> Any:
-    """``value`` as plain JSON types (numpy scalars, paths and dates become numbers/strings)."""
-    return json.loads(json.dumps(value, default=_json_default))
+    """``value`` as plain JSON types BentoML accepts: numpy scalars, paths and dates become
+    numbers or strings, and ``None`` entries are dropped (BentoML metadata rejects them)."""
+    return _drop_none(json.loads(json.dumps(value, default=_json_default)))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,0 +1,66 @@
+# content-ranker. Quickstart: `make run`, then `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+DATASET ?= ml-1m
+export CR_DATASET := $(DATASET)
+export CR_DATA_DIR ?= $(CURDIR)/.data
+export AIRFLOW_HOME ?= $(CR_DATA_DIR)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export UV_COMPILE_BYTECODE := 1
+export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/.venv/bin/python
+export BENTOML_HOME := $(CR_DATA_DIR)/bentoml
+export BENTOML_DO_NOT_TRACK := True
+export SCARF_ANALYTICS := false
+
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+RUN := $(UV) run --frozen --no-sync
+CLI := $(RUN) python -m pipelines.cli
+
+.PHONY: install airflow-db bootstrap dag run serve airflow test lint format bench-run rollback clean
+
+install: .venv/.installed
+.venv/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv
+	$(UV) sync --frozen
+	@touch $@
+
+airflow-db: install
+	@mkdir -p "$(AIRFLOW_HOME)"
+	$(RUN) airflow db migrate > "$(AIRFLOW_HOME)/migrate.log" 2>&1 || (tail -20 "$(AIRFLOW_HOME)/migrate.log"; exit 1)
+
+bootstrap: install
+	$(CLI) bootstrap
+
+# One DAG run through Airflow, for the last landed day.
+dag: airflow-db
+	$(RUN) airflow dags test ranker_training "$$($(CLI) last-date)"
+
+run: bootstrap dag
+	$(CLI) demo
+
+serve: install
+	$(RUN) bentoml serve serving.service:Ranker --host 127.0.0.1 --port 3000
+
+airflow: airflow-db
+	$(RUN) airflow standalone
+
+rollback: install
+	$(CLI) rollback
+
+lint: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: install
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+test: lint
+	$(RUN) pytest
+
+clean:
+	rm -rf .data

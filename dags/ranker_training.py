@@ -1,0 +1,147 @@
+"""
+### ranker_training
+
+Retrains the content-feed ranker for one day of interactions:
+
+ingest → validate (Great Expectations) → features (Spark) → materialize (Feast) →
+training set (Feast point-in-time join) → train (SparkXGBRanker) → evaluate →
+gate → register (BentoML) → infra-validate → promote → summary.
+
+Every task is one call into `pipelines.tasks` with the logical date; data moves
+through storage keyed by that date, so a re-run overwrites and never duplicates.
+A run whose raw data breaks its contract quarantines the partition and fails at
+`validate`; a candidate that loses a gate ends the run successfully with
+`promoted: false`, and the production model keeps serving.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+default_args = {
+    "owner": "ranking",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+}
+
+
+@dag(
+    dag_id="ranker_training",
+    schedule="@daily",
+    start_date=pendulum.datetime(2000, 4, 26, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    doc_md=__doc__,
+    tags=["ranking", "training"],
+    params={
+        "backfill_from": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Also ingest landed partitions from this date (YYYY-MM-DD) on.",
+        )
+    },
+)
+def ranker_training():
+    @task
+    def ingest(ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.ingest(ds, backfill_from=(params or {}).get("backfill_from"))
+
+    @task(retries=0)
+    def validate(ds: str | None = None, run_id: str | None = None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines import tasks
+
+        try:
+            return tasks.validate(ds)
+        except tasks.ValidationFailed as failed:
+            tasks.summarize(ds, run_id)
+            raise AirflowFailException(str(failed)) from failed
+
+    @task
+    def build_features(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.build_features(ds)
+
+    @task
+    def materialize(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.materialize(ds)
+
+    @task
+    def build_training_set(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.build_training_set(ds)
+
+    @task
+    def train(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.train(ds)
+
+    @task
+    def evaluate(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.evaluate(ds)
+
+    @task
+    def gate(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.gate(ds)
+
+    @task
+    def register(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.register(ds)
+
+    @task
+    def infra_validate(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.infra_validate(ds)
+
+    @task
+    def promote(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.promote(ds)
+
+    @task
+    def summarize(ds: str | None = None, run_id: str | None = None) -> str:
+        from pipelines import tasks
+
+        return tasks.summarize(ds, run_id)
+
+    (
+        ingest()
+        >> validate()
+        >> build_features()
+        >> materialize()
+        >> build_training_set()
+        >> train()
+        >> evaluate()
+        >> gate()
+        >> register()
+        >> infra_validate()
+        >> promote()
+        >> summarize()
+    )
+
+
+dag = ranker_training()
+
+if __name__ == "__main__":
+    dag.test()

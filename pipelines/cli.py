@@ -1,0 +1,130 @@
+"""The command line for what a person does by hand: bootstrap, demo, report, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import get_settings
+
+app = typer.Typer(add_completion=False, help="content-ranker: daily-retrained feed ranker.")
+console = Console()
+
+
+@app.command()
+def bootstrap() -> None:
+    """Fetch and convert the configured data set, and land it as daily partitions."""
+    from pipelines.data import bootstrap as run
+
+    settings = get_settings()
+    with console.status(f"bootstrapping {settings.dataset} ..."):
+        facts = run(settings)
+    console.print(
+        f"[bold]{facts['name']}[/]: {facts['rows']:,} interactions, {facts['users']:,} users, "
+        f"{facts['items']:,} items, {facts['partitions']} daily partitions "
+        f"{facts['first_date']} .. {facts['last_date']}"
+    )
+
+
+@app.command("last-date")
+def last_date() -> None:
+    """Print the last landed day: the logical date of the first DAG run."""
+    from pipelines.data import dataset_facts
+
+    print(dataset_facts(get_settings())["last_date"])
+
+
+def metrics_table(summary: dict) -> Table:
+    table = Table(title=f"holdout evaluation, run {summary['logical_date']}")
+    table.add_column("ranker")
+    for col in ("ndcg@10", "map@10", "recall@10", "queries"):
+        table.add_column(col, justify="right")
+    for name, values in (summary.get("metrics") or {}).items():
+        if values is None:
+            table.add_row(name, "-", "-", "-", "-")
+            continue
+        table.add_row(
+            name,
+            *(f"{values[c]:.4f}" for c in ("ndcg@10", "map@10", "recall@10")),
+            str(values["queries"]),
+        )
+    return table
+
+
+def latest_summary() -> Path:
+    runs = sorted((get_settings().data_dir / "runs").glob("*/summary.json"))
+    if not runs:
+        raise typer.BadParameter("no run has written a summary yet: run `make run` first")
+    return runs[-1]
+
+
+@app.command()
+def report(summary_path: Path | None = None) -> None:
+    """Print the evaluation table, the gate decision and the timings of a run."""
+    path = summary_path or latest_summary()
+    summary = json.loads(path.read_text())
+    console.print(metrics_table(summary))
+    gate = summary["gate"]
+    console.print(f"gate passed: {gate['passed']} ({gate['reason']})")
+    console.print(f"model: {summary['model_tag']}  promoted: {summary['promoted']}")
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
+    console.print(f"timings: {timings}")
+    console.print(f"summary: {path}")
+
+
+@app.command()
+def demo(summary_path: Path | None = None) -> None:
+    """Start the server on the production model, rank one real user's candidates, stop it."""
+    import httpx
+    import pandas as pd
+
+    from pipelines.infra_validation import serve
+    from pipelines.tasks import sample_requests
+
+    settings = get_settings()
+    path = summary_path or latest_summary()
+    holdout = pd.read_parquet(path.parent / "holdout.parquet")
+    body = sample_requests(holdout, 1, settings.seed)[0]
+    items = (
+        pd.read_parquet(settings.dataset_dir / "items.parquet")
+        if (settings.dataset_dir / "items.parquet").exists()
+        else None
+    )
+    titles = dict(zip(items["item_id"], items["title"], strict=False)) if items is not None else {}
+    with console.status("starting the BentoML server ..."), serve(settings) as base:
+        answer = httpx.post(f"{base}/rank", json=body, timeout=30).json()
+    table = Table(
+        title=f"/rank for user {body['user_id']} ({len(body['item_ids'])} candidates, "
+        f"model {answer['model_version']}, fallback={answer['fallback']})"
+    )
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for i, item in enumerate(answer["items"], 1):
+        table.add_row(str(i), titles.get(item["item_id"], item["item_id"]), f"{item['score']:.3f}")
+    console.print(table)
+    report(path)
+
+
+@app.command()
+def promote(tag: str, reason: str = "manual promotion") -> None:
+    """Point production at TAG (a running server switches on its next request)."""
+    from pipelines import registry
+
+    console.print(registry.promote(tag, get_settings(), reason=reason))
+
+
+@app.command()
+def rollback() -> None:
+    """Move production back to the previously promoted model."""
+    from pipelines import registry
+
+    console.print(f"production is now {registry.rollback(get_settings())}")
+
+
+if __name__ == "__main__":
+    app()

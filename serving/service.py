@@ -1,0 +1,261 @@
+"""The ranking service: features from Feast's online store, scores from the production booster.
+
+The model is the tag the ``production`` pointer names (``CR_MODEL_TAG`` pins another one,
+which is how infra-validation serves a candidate before promotion). Each request
+``stat``s the pointer file and reloads the booster if it changed, so a promotion or a
+rollback reaches a running server without a restart. Serving never trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
+
+from pipelines import contracts
+from pipelines.config import Settings, get_settings
+
+log = logging.getLogger("content_ranker.serving")
+
+MAX_ITEMS = 1000
+PINNED_TAG_ENV = "CR_MODEL_TAG"
+SERVICE_REFRESH_S = 60.0
+
+
+# --- the API contract ----------------------------------------------------------------------
+
+
+class RankRequest(BaseModel):
+    """Rank ``item_ids`` for ``user_id``; return the best ``k`` (all if omitted)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    user_id: str = Field(min_length=1, description="External user id.")
+    item_ids: list[str] = Field(
+        min_length=1, max_length=MAX_ITEMS, description="External item ids to rank."
+    )
+    k: int | None = Field(default=None, ge=1, description="How many items to return.")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RankResponse(BaseModel):
+    model_version: str = Field(description="The BentoML tag of the model that scored.")
+    items: list[ScoredItem] = Field(description="Known items, best first, at most k.")
+    unknown_item_ids: list[str] = Field(description="Requested items with no internal id.")
+    fallback: bool = Field(description="True when the user is unknown: scored by popularity.")
+
+
+class ModelVersionResponse(BaseModel):
+    model_version: str
+    metadata: dict[str, Any]
+
+
+# --- state that follows files on disk ---------------------------------------------------------
+
+
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class _IdMap:
+    """External -> internal ids, re-read when the parquet file changes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._key: tuple | None = ()
+        self.mapping: dict[str, int] = {}
+
+    def get(self) -> dict[str, int]:
+        key = _stat_key(self.path)
+        if key != self._key:
+            from pipelines.ids import load_id_map
+
+            self.mapping = load_id_map(self.path) if key is not None else {}
+            self._key = key
+        return self.mapping
+
+
+class _Model:
+    """The booster to serve: pinned by ``CR_MODEL_TAG`` or named by the production pointer."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pinned = os.environ.get(PINNED_TAG_ENV) or None
+        self.tag: str | None = None
+        self.booster = None
+        self.metadata: dict[str, Any] = {}
+        self.columns: list[str] = list(contracts.MODEL_FEATURES)
+        self.error: str | None = None
+        self._pointer_key: tuple | None = ()
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Load the wanted tag if it differs from the loaded one (cheap when nothing changed)."""
+        from pipelines import registry
+
+        with self._lock:
+            if self.pinned:
+                if self.tag is None and self.error is None:
+                    self._load(self.pinned)
+                return
+            key = _stat_key(self.settings.production_pointer)
+            if key == self._pointer_key:
+                return
+            self._pointer_key = key
+            try:
+                tag = registry.production_tag(self.settings)
+            except (OSError, ValueError) as exc:  # a torn or hand-edited pointer
+                self.error = f"cannot read production pointer: {exc}"
+                log.error(self.error)
+                return
+            if tag is None:
+                self.error = "no production model: nothing has been promoted yet"
+            elif tag != self.tag:
+                self._load(tag)
+
+    def _load(self, tag: str) -> None:
+        from pipelines import registry
+
+        try:
+            booster = registry.load_booster(tag, self.settings)
+            info = registry.model_info(tag, self.settings)
+            columns = info["metadata"].get("feature_names") or list(contracts.MODEL_FEATURES)
+            if booster.num_features() != len(columns):
+                raise ValueError(
+                    f"model expects {booster.num_features()} features, metadata names "
+                    f"{len(columns)}"
+                )
+        except Exception as exc:  # keep serving the previous model, if any
+            self.error = f"cannot load model {tag!r}: {exc}"
+            log.exception("cannot load model %s", tag)
+            return
+        self.tag, self.booster, self.columns = info["tag"], booster, list(columns)
+        self.metadata = info["metadata"]
+        self.error = None
+        log.info("serving model %s", self.tag)
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=503)
+
+
+@bentoml.service(
+    name="content_ranker",
+    workers=1,
+    threads=1,
+    logging={"access": {"enabled": False}},
+    traffic={"timeout": 30},
+)
+class Ranker:
+    """Learning-to-rank scoring for the content feed."""
+
+    def __init__(self) -> None:
+        from pipelines.feature_store import open_store
+
+        self.settings = get_settings()
+        self.store = open_store(self.settings)
+        self.users = _IdMap(self.settings.ids_dir / "users.parquet")
+        self.items = _IdMap(self.settings.ids_dir / "items.parquet")
+        self.model = _Model(self.settings)
+        self._services: dict[str, tuple[float, Any]] = {}
+        self.model.refresh()
+        if self.model.error:
+            log.warning("%s", self.model.error)
+
+    def __is_ready__(self) -> bool:
+        self.model.refresh()
+        return self.model.booster is not None
+
+    @bentoml.api(input_spec=RankRequest, route="/rank")
+    def rank(self, user_id: str, item_ids: list[str], k: int | None = None) -> RankResponse:
+        """Score the known items for the user, best first; unknown users get popularity."""
+        self.model.refresh()
+        model = self.model
+        if model.booster is None:
+            return _unavailable(model.error or "no model loaded")
+        tag, booster, columns = model.tag, model.booster, model.columns
+
+        item_map, user_map = self.items.get(), self.users.get()
+        requested = list(dict.fromkeys(item_ids))  # de-duplicated, order kept
+        known = [i for i in requested if i in item_map]
+        unknown = [i for i in requested if i not in item_map]
+        if not known:
+            return RankResponse(
+                model_version=tag, items=[], unknown_item_ids=unknown, fallback=False
+            )
+        internal_items = [item_map[i] for i in known]
+
+        internal_user = user_map.get(user_id)
+        if internal_user is None:
+            scores = self._popularity(internal_items)
+            fallback = True
+        else:
+            frame = self._features(internal_user, internal_items, model.metadata)
+            if frame[contracts.USER_FEATURES].isna().all(axis=None):
+                scores = frame[contracts.POPULARITY_FEATURE].astype("float64").fillna(0.0).tolist()
+                fallback = True
+            else:
+                from pipelines.scoring import score, to_matrix
+
+                scores = score(booster, to_matrix(frame, columns)).astype("float64").tolist()
+                fallback = False
+
+        ranked = sorted(zip(known, scores, strict=True), key=lambda p: p[1], reverse=True)
+        items = [ScoredItem(item_id=i, score=s if math.isfinite(s) else 0.0) for i, s in ranked]
+        return RankResponse(
+            model_version=tag,
+            items=items[:k] if k else items,
+            unknown_item_ids=unknown,
+            fallback=fallback,
+        )
+
+    @bentoml.api(route="/model_version")
+    def model_version(self) -> ModelVersionResponse:
+        """The model serving right now, with a short lineage."""
+        self.model.refresh()
+        if self.model.booster is None:
+            return _unavailable(self.model.error or "no model loaded")
+        short = {k: v for k, v in self.model.metadata.items() if k != "feature_names"}
+        return ModelVersionResponse(model_version=self.model.tag, metadata=short)
+
+    # --- feature reads ------------------------------------------------------------------------
+
+    def _feature_service(self, name: str):
+        """The FeatureService object, kept between requests.
+
+        A fresh ``get_feature_service`` per request re-parses the registry proto and
+        costs ~20 ms on top of a ~12 ms online read; re-fetched once a minute so a
+        ``feast apply`` still reaches a running server.
+        """
+        fetched_at, service = self._services.get(name, (0.0, None))
+        if service is None or time.monotonic() - fetched_at > SERVICE_REFRESH_S:
+            service = self.store.get_feature_service(name)
+            self._services[name] = (time.monotonic(), service)
+        return service
+
+    def _features(self, user: int, items: list[int], metadata: dict[str, Any]):
+        service = self._feature_service(metadata.get("feature_service", contracts.FEATURE_SERVICE))
+        rows = [{"user_id": user, "item_id": i} for i in items]
+        return self.store.get_online_features(features=service, entity_rows=rows).to_df()
+
+    def _popularity(self, items: list[int]) -> list[float]:
+        ref = f"{contracts.ITEM_VIEW}:{contracts.POPULARITY_FEATURE}"
+        rows = [{"item_id": i} for i in items]
+        frame = self.store.get_online_features(features=[ref], entity_rows=rows).to_df()
+        return frame[contracts.POPULARITY_FEATURE].astype("float64").fillna(0.0).tolist()

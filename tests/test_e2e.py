@@ -1,0 +1,236 @@
+"""End to end on a slice of the real MovieLens-1M: the Airflow DAG, then a real server.
+
+One module-scoped world: bootstrap a few hundred users, run ``airflow dags test`` for
+the second-to-last landed day (bootstrap ingests all history), serve the promoted
+model, then (1) land a corrupted last day and check it is quarantined with nothing
+downstream run, and (2) train a deliberately useless challenger and check it is not
+promoted. The previously promoted model keeps serving throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from pipelines.config import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class World:
+    settings: Settings
+    env: dict[str, str]
+    first_run: date
+    last_day: date
+
+
+def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def _dag_test(world_env: dict[str, str], day: date) -> subprocess.CompletedProcess:
+    airflow = str(Path(sys.executable).parent / "airflow")
+    return _run(
+        [airflow, "dags", "test", "ranker_training", day.isoformat()], world_env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    data_dir = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ)
+    env |= {
+        "CR_DATA_DIR": str(data_dir),
+        "CR_SAMPLE_USERS": "160",
+        "CR_N_ESTIMATORS": "80",
+        "AIRFLOW_HOME": str(data_dir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "BENTOML_HOME": str(data_dir / "bentoml"),
+    }
+    settings = Settings(data_dir=data_dir, sample_users=160)
+    _run([sys.executable, "-m", "pipelines.cli", "bootstrap"], env)
+    _run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env)
+    landed = sorted(p.name.removeprefix("date=") for p in settings.landing_dir.glob("date=*"))
+    first_run, last_day = date.fromisoformat(landed[-2]), date.fromisoformat(landed[-1])
+    proc = _dag_test(env, first_run)
+    summary = settings.run_dir(first_run) / "summary.json"
+    assert summary.exists(), (
+        f"DAG run wrote no summary:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
+    return World(settings, env, first_run, last_day)
+
+
+def _summary(world: World, day: date) -> dict:
+    return json.loads((world.settings.run_dir(day) / "summary.json").read_text())
+
+
+def _pointer(world: World) -> dict:
+    return json.loads(world.settings.production_pointer.read_text())
+
+
+def test_dag_run_trains_evaluates_and_promotes(world):
+    summary = _summary(world, world.first_run)
+    assert summary["logical_date"] == world.first_run.isoformat()
+    assert summary["dataset"]["name"] == "ml-1m" and summary["dataset"]["users"] == 160
+    assert summary["validation"]["passed"] is True
+    assert Path(summary["validation"]["data_docs"]).exists()
+    metrics = summary["metrics"]
+    for name in ("model", "random", "popularity"):
+        assert set(metrics[name]) == {"ndcg@10", "map@10", "recall@10", "queries"}
+        assert metrics[name]["queries"] > 20
+    assert metrics["production"] is None  # the first run has no champion
+    assert (
+        metrics["model"]["ndcg@10"]
+        > metrics["popularity"]["ndcg@10"]
+        > metrics["random"]["ndcg@10"]
+    )
+    assert summary["gate"]["passed"] is True and summary["promoted"] is True
+    assert _pointer(world)["tag"] == summary["model_tag"]
+    assert summary["infra_validation"]["passed"] is True
+    for task in ("ingest", "validate", "features", "materialize", "training_set", "train"):
+        assert summary["timings_s"][task] >= 0
+
+
+def test_model_lineage_is_recorded(world):
+    from pipelines import registry
+
+    summary = _summary(world, world.first_run)
+    meta = registry.model_info(summary["model_tag"], world.settings)["metadata"]
+    assert meta["feature_service"] == "ranker_v1"
+    assert meta["validation"]["passed"] is True
+    assert world.first_run.isoformat() in meta["partitions"]
+    assert len(meta["training_set_hash"]) == 16
+    assert meta["params"]["objective"] == "rank:ndcg"
+    assert meta["metrics"]["model"]["ndcg@10"] == summary["metrics"]["model"]["ndcg@10"]
+
+
+def test_rerun_of_the_same_date_overwrites(world):
+    run_dir = world.settings.run_dir(world.first_run)
+    rows = pd.read_parquet(run_dir / "training_set.parquet")
+    assert not rows.duplicated(["query_id", "item_id"]).any()
+    raw = list(world.settings.raw_dir.glob(f"date={world.first_run.isoformat()}/*"))
+    assert len(raw) == 1  # one file per partition
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    from pipelines.infra_validation import serve
+
+    with serve(world.settings) as base:
+        yield base
+
+
+def _holdout_request(world: World) -> dict:
+    holdout = pd.read_parquet(world.settings.run_dir(world.first_run) / "holdout.parquet")
+    from pipelines import ids
+
+    users = ids.read_mapping(world.settings.ids_dir / "users.parquet")
+    items = ids.read_mapping(world.settings.ids_dir / "items.parquet")
+    qid = holdout["query_id"].iloc[0]
+    group = holdout[holdout["query_id"] == qid]
+    user = users.loc[users["internal_id"] == group["user_id"].iloc[0], "external_id"].iloc[0]
+    lookup = dict(zip(items["internal_id"], items["external_id"], strict=True))
+    return {"user_id": str(user), "item_ids": [str(lookup[i]) for i in group["item_id"]], "k": 5}
+
+
+def test_server_ranks_a_real_user(world, server):
+    body = _holdout_request(world)
+    resp = httpx.post(f"{server}/rank", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["model_version"] == _pointer(world)["tag"]
+    assert out["fallback"] is False and out["unknown_item_ids"] == []
+    scores = [i["score"] for i in out["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    assert {i["item_id"] for i in out["items"]} <= set(body["item_ids"])
+
+
+def test_server_cold_start_and_bad_input(world, server):
+    body = _holdout_request(world)
+    cold = httpx.post(f"{server}/rank", json={**body, "user_id": "nobody"}, timeout=30).json()
+    assert cold["fallback"] is True and len(cold["items"]) == 5
+    unknown = httpx.post(
+        f"{server}/rank", json={**body, "item_ids": [*body["item_ids"], "no such film"]}, timeout=30
+    ).json()
+    assert unknown["unknown_item_ids"] == ["no such film"]
+    bad = httpx.post(f"{server}/rank", json={"user_id": "1m_1", "item_ids": []}, timeout=30)
+    assert bad.status_code == 400 and "item_ids" in bad.text
+
+
+def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server):
+    before = _pointer(world)["tag"]
+    landed = world.settings.landing_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+    part = pd.read_parquet(landed)
+    part.loc[part.index[:1], "user_id"] = None
+    part.loc[part.index[-1:], "rating"] = 7.0
+    part.to_parquet(landed, index=False)
+
+    _dag_test(world.env, world.last_day)
+
+    run_dir = world.settings.run_dir(world.last_day)
+    validation = json.loads((run_dir / "validation.json").read_text())
+    assert validation["passed"] is False
+    failed = {
+        (f["expectation"], f["column"])
+        for f in validation["suites"]["raw_interactions"]["failed_expectations"]
+    }
+    assert ("expect_column_values_to_not_be_null", "user_id") in failed
+    assert ("expect_column_values_to_be_between", "rating") in failed
+    quarantined = world.settings.quarantine_dir / f"date={world.last_day.isoformat()}"
+    assert pd.read_parquet(quarantined / "part.parquet").equals(
+        part
+    )  # kept, byte for byte in content
+    assert not list(
+        (world.settings.raw_dir / f"date={world.last_day.isoformat()}").glob("*.parquet")
+    )
+    for downstream in ("features.json", "materialize.json", "training_set.json", "register.json"):
+        assert not (run_dir / downstream).exists(), downstream
+    summary = _summary(world, world.last_day)
+    assert summary["validation"]["passed"] is False and summary["promoted"] is False
+    assert _pointer(world)["tag"] == before
+    resp = httpx.post(f"{server}/rank", json=_holdout_request(world), timeout=30)
+    assert resp.status_code == 200 and resp.json()["model_version"] == before
+
+
+def test_worse_challenger_is_not_promoted(world, monkeypatch):
+    from pipelines import config, tasks
+
+    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
+    monkeypatch.setenv("CR_N_ESTIMATORS", "80")
+    monkeypatch.setenv("BENTOML_HOME", str(world.settings.bentoml_home))
+    config.get_settings.cache_clear()
+    try:
+        before = _pointer(world)["tag"]
+        tasks.train(world.first_run, shuffle_labels=True)
+        evaluation = tasks.evaluate(world.first_run)
+        metrics = evaluation["metrics"]
+        assert metrics["production"] is not None
+        assert metrics["model"]["ndcg@10"] < metrics["popularity"]["ndcg@10"]
+        decision = tasks.gate(world.first_run)
+        assert decision["passed"] is False and "popularity" in decision["reason"]
+        tasks.register(world.first_run)
+        assert tasks.infra_validate(world.first_run)["skipped"] is True
+        promotion = tasks.promote(world.first_run)
+        assert promotion["promoted"] is False
+        assert _pointer(world)["tag"] == before
+    finally:
+        config.get_settings.cache_clear()

@@ -1,0 +1,322 @@
+"""Serving end to end on a tiny self-made world: real Feast, real BentoML, real XGBoost.
+
+The fixture writes feature snapshots and id maps that follow the contracts, applies and
+materializes the Feast repo, trains two tiny boosters and promotes the first. API tests
+run in-process through ``Ranker.to_asgi()``; hot reload and infra-validation use a real
+``bentoml serve`` subprocess.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import contracts
+
+pytestmark = pytest.mark.integration
+
+N_USERS = 4  # u1..u4 have features; u5 is mapped but has none
+N_ITEMS = 12  # i1..i12; item i<j> has popularity j at the last snapshot
+SNAPSHOTS = [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3)]
+
+
+@dataclass
+class World:
+    settings: object
+    tag_a: str
+    tag_b: str
+
+
+def _snapshots(key: str, ids: list[int], features: list[str], rng) -> pd.DataFrame:
+    frames = []
+    for n, ts in enumerate(SNAPSHOTS):
+        frame = pd.DataFrame(
+            rng.random((len(ids), len(features)), dtype=np.float32), columns=features
+        )
+        frame.insert(0, key, pd.Series(ids, dtype="int64"))
+        frame.insert(1, "event_timestamp", pd.Timestamp(ts))
+        if key == "item_id":  # popularity grows over time; at the end it is the item number
+            frame[contracts.POPULARITY_FEATURE] = (
+                np.float32(1 + n) * np.asarray(ids, dtype=np.float32) / len(SNAPSHOTS)
+            )
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out["event_timestamp"] = out["event_timestamp"].astype("datetime64[ms, UTC]")
+    return out
+
+
+def _write_world(settings) -> None:
+    rng = np.random.default_rng(7)
+    for name, key, features, n in (
+        ("user_features", "user_id", contracts.USER_FEATURES, N_USERS),
+        ("item_features", "item_id", contracts.ITEM_FEATURES, N_ITEMS),
+    ):
+        out = settings.offline_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        _snapshots(key, list(range(1, n + 1)), features, rng).to_parquet(
+            out / "part-0.parquet", index=False
+        )
+    settings.ids_dir.mkdir(parents=True, exist_ok=True)
+    for name, prefix, n in (("users", "u", N_USERS + 1), ("items", "i", N_ITEMS)):
+        pd.DataFrame(
+            {
+                "external_id": [f"{prefix}{i}" for i in range(1, n + 1)],
+                "internal_id": pd.Series(range(1, n + 1), dtype="int64"),
+            }
+        ).to_parquet(settings.ids_dir / f"{name}.parquet", index=False)
+
+
+def _booster(seed: int):
+    import xgboost as xgb
+
+    rng = np.random.default_rng(seed)
+    n_queries, per_query = 20, 10
+    x = rng.random((n_queries * per_query, len(contracts.MODEL_FEATURES)), dtype=np.float32)
+    y = rng.integers(0, 3, n_queries * per_query)
+    qid = np.repeat(np.arange(n_queries), per_query)
+    dtrain = xgb.DMatrix(x, label=y, qid=qid, feature_names=contracts.MODEL_FEATURES)
+    params = {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3, "seed": seed}
+    return xgb.train(params, dtrain, num_boost_round=5)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> World:
+    data_dir = tmp_path_factory.mktemp("serving-data")
+    with pytest.MonkeyPatch.context() as mp:
+        # Everything that reads the environment must see the tmp world: the features/
+        # modules read get_settings() at import, so drop any copy imported earlier.
+        mp.setenv("CR_DATA_DIR", str(data_dir))
+        mp.setenv("BENTOML_HOME", str(data_dir / "bentoml"))
+        mp.delenv("CR_MODEL_TAG", raising=False)
+        from pipelines.config import Settings, get_settings
+
+        get_settings.cache_clear()
+        for mod in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
+            mp.delitem(sys.modules, mod)
+        settings = Settings(data_dir=data_dir)
+        settings.export_env()
+
+        from pipelines import feature_store, registry
+
+        _write_world(settings)
+        feature_store.apply(settings)
+        feature_store.materialize(
+            settings, SNAPSHOTS[0] - timedelta(days=1), SNAPSHOTS[-1] + timedelta(days=1)
+        )
+        lineage = {"git_sha": "test", "metrics": {"ndcg@10": 0.5}, "params": {"max_depth": 3}}
+        tag_a = registry.save_model(_booster(1), metadata=lineage, settings=settings)
+        tag_b = registry.save_model(_booster(2), metadata=lineage, settings=settings)
+        registry.promote(tag_a, settings, reason="fixture")
+        yield World(settings=settings, tag_a=tag_a, tag_b=tag_b)
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    """In-process: the service's ASGI app, with its lifespan (which builds the service)."""
+    from starlette.testclient import TestClient
+
+    from serving.service import Ranker
+
+    with TestClient(Ranker.to_asgi()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    """A real ``bentoml serve`` following the production pointer."""
+    from pipelines.infra_validation import serve
+
+    with serve(world.settings, None) as base:
+        yield base
+
+
+# --- the API contract, in-process -----------------------------------------------------------
+
+ALL_ITEMS = [f"i{i}" for i in range(1, N_ITEMS + 1)]
+
+
+def test_rank_known_user(client, world):
+    resp = client.post("/rank", json={"user_id": "u1", "item_ids": ALL_ITEMS})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model_version"] == world.tag_a
+    assert body["fallback"] is False
+    assert body["unknown_item_ids"] == []
+    scores = [it["score"] for it in body["items"]]
+    assert sorted(it["item_id"] for it in body["items"]) == sorted(ALL_ITEMS)
+    assert scores == sorted(scores, reverse=True)
+    assert all(np.isfinite(scores))
+
+
+def test_rank_matches_offline_scoring(client, world):
+    """The server's scores are the booster's scores on the same online features."""
+    from pipelines import feature_store, registry
+    from pipelines.scoring import score, to_matrix
+
+    resp = client.post("/rank", json={"user_id": "u2", "item_ids": ["i3", "i7"]}).json()
+    frame = feature_store.online_features(world.settings, 2, [3, 7])
+    expected = score(registry.load_booster(world.tag_a, world.settings), to_matrix(frame))
+    got = {it["item_id"]: it["score"] for it in resp["items"]}
+    assert got == pytest.approx({"i3": float(expected[0]), "i7": float(expected[1])}, rel=1e-5)
+
+
+def test_rank_top_k_and_unknown_items(client):
+    body = client.post(
+        "/rank", json={"user_id": "u1", "item_ids": ["i1", "nope", "i2", "i3", "zzz"], "k": 2}
+    ).json()
+    assert len(body["items"]) == 2
+    assert body["unknown_item_ids"] == ["nope", "zzz"]
+    assert {it["item_id"] for it in body["items"]} <= {"i1", "i2", "i3"}
+
+
+def test_rank_all_items_unknown(client, world):
+    resp = client.post("/rank", json={"user_id": "u1", "item_ids": ["x", "y"]})
+    assert resp.status_code == 200
+    assert resp.json() == {
+        "model_version": world.tag_a,
+        "items": [],
+        "unknown_item_ids": ["x", "y"],
+        "fallback": False,
+    }
+
+
+@pytest.mark.parametrize("user", ["ghost", "u5"])  # not mapped / mapped without features
+def test_rank_unknown_user_falls_back_to_popularity(client, user):
+    body = client.post("/rank", json={"user_id": user, "item_ids": ["i2", "i9", "i5"]}).json()
+    assert body["fallback"] is True
+    assert [it["item_id"] for it in body["items"]] == ["i9", "i5", "i2"]
+    assert [it["score"] for it in body["items"]] == pytest.approx([9.0, 5.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"item_ids": ["i1"]},
+        {"user_id": "u1", "item_ids": []},
+        {"user_id": "u1", "item_ids": [f"i{i}" for i in range(1001)]},
+        {"user_id": "u1", "item_ids": "i1"},
+        {"user_id": "u1", "item_ids": ["i1"], "k": 0},
+        {"user_id": 1, "item_ids": ["i1"]},
+        {"user_id": "u1", "item_ids": [1, 2]},
+    ],
+    ids=["no-user", "empty", "1001", "not-a-list", "k0", "int-user", "int-items"],
+)
+def test_rank_rejects_malformed_bodies(client, body):
+    resp = client.post("/rank", json=body)
+    assert resp.status_code == 400, resp.text
+    assert "validation error" in resp.json()["error"]
+    assert resp.json()["detail"]
+
+
+def test_rank_rejects_invalid_json(client):
+    resp = client.post("/rank", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+
+
+def test_model_version(client, world):
+    resp = client.post("/model_version")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["model_version"] == world.tag_a
+    assert body["metadata"]["git_sha"] == "test"
+    assert body["metadata"]["feature_service"] == contracts.FEATURE_SERVICE
+
+
+def test_no_loadable_model_is_a_clear_503(world, monkeypatch):
+    """A second ASGI app in one process trips BentoML's Prometheus registry, so call the
+    service class directly: a returned starlette Response goes out as is."""
+    from serving.service import Ranker
+
+    monkeypatch.setenv("CR_MODEL_TAG", "content_ranker:doesnotexist")
+    ranker = Ranker.inner()
+    assert ranker.__is_ready__() is False
+    for resp in (ranker.rank("u1", ["i1"]), ranker.model_version()):
+        assert resp.status_code == 503
+        assert b"doesnotexist" in resp.body
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_promote_and_rollback_keep_history(world):
+    from pipelines import registry
+
+    s = world.settings
+    assert registry.read_pointer(s)["tag"] == world.tag_a
+    try:
+        pointer = registry.promote(world.tag_b, s, reason="better")
+        assert pointer["tag"] == world.tag_b
+        assert pointer["previous"][0] == world.tag_a
+        assert registry.production_tag(s) == world.tag_b
+        assert registry.rollback(s) == world.tag_a
+        assert registry.read_pointer(s)["rolled_back_from"] == world.tag_b
+        with pytest.raises(RuntimeError, match="no previous"):
+            registry.rollback(s)
+        with pytest.raises(Exception, match="(?i)not found"):
+            registry.promote("content_ranker:doesnotexist", s, reason="typo")
+        assert registry.production_tag(s) == world.tag_a  # a failed promotion changes nothing
+    finally:
+        if registry.production_tag(s) != world.tag_a:
+            registry.promote(world.tag_a, s, reason="restore")
+    assert not list(s.production_pointer.parent.glob("*.tmp"))
+
+
+def test_model_info_has_lineage(world):
+    from pipelines import registry
+
+    info = registry.model_info(world.tag_a, world.settings)
+    assert info["tag"] == world.tag_a
+    assert info["metadata"]["feature_names"] == contracts.MODEL_FEATURES
+    assert info["metadata"]["metrics"] == {"ndcg@10": 0.5}
+    assert info["creation_time"]
+
+
+# --- a real server ----------------------------------------------------------------------------
+
+
+def test_server_hot_reloads_on_promotion(server, world):
+    import httpx
+
+    from pipelines import registry
+
+    body = {"user_id": "u1", "item_ids": ["i1", "i2"]}
+    assert httpx.post(f"{server}/rank", json=body).json()["model_version"] == world.tag_a
+    try:
+        registry.promote(world.tag_b, world.settings, reason="hot reload test")
+        assert httpx.post(f"{server}/rank", json=body).json()["model_version"] == world.tag_b
+        assert httpx.post(f"{server}/model_version").json()["model_version"] == world.tag_b
+    finally:
+        registry.rollback(world.settings)
+    assert httpx.post(f"{server}/rank", json=body).json()["model_version"] == world.tag_a
+    assert httpx.get(f"{server}/readyz").status_code == 200
+
+
+SAMPLES = [
+    {"user_id": "u1", "item_ids": ALL_ITEMS, "k": 5},
+    {"user_id": "ghost", "item_ids": ["i1", "i2"]},
+    {"user_id": "u3", "item_ids": ["i4", "unknown"]},
+]
+
+
+def test_infra_validate_passes_for_a_good_tag(world):
+    from pipelines.infra_validation import infra_validate
+
+    result = infra_validate(world.tag_b, world.settings, SAMPLES)
+    assert result["passed"], result
+    assert result["requests"] == len(SAMPLES)
+    assert result["latency_ms_p50"] is not None
+
+
+def test_infra_validate_fails_for_a_missing_tag(world):
+    from pipelines.infra_validation import infra_validate
+
+    result = infra_validate("content_ranker:doesnotexist", world.settings, SAMPLES, timeout_s=90)
+    assert result["passed"] is False
+    assert result["errors"]
+    assert "doesnotexist" in result["reason"]
