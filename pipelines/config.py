@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
     feature_ttl_days: int = 365
+    retrieval_chunk_rows: int = 20_000  # bounds the memory of Feast's file-store PIT join
 
     # --- training / evaluation --------------------------------------------
     spark_master: str = "local[2]"

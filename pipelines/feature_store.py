@@ -74,27 +74,41 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     return {"start": view_start.isoformat(), "end": end.isoformat()}
 
 
-def historical_features(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFrame:
+def historical_features(
+    settings: Settings, entity_df: pd.DataFrame, chunk_rows: int | None = None
+) -> pd.DataFrame:
     """Point-in-time join of the ranker's feature service onto ``entity_df``.
 
     ``entity_df`` needs ``user_id``, ``item_id`` (internal ints) and
-    ``event_timestamp``; every other column passes through.
+    ``event_timestamp``; every other column passes through, and rows keep their order.
+    The file store joins every entity row to every snapshot of its entity before it
+    filters by time, so the frame is retrieved in chunks to bound memory.
     """
+    from tqdm.auto import tqdm
+
     store = open_store(settings)
     service = store.get_feature_service(contracts.FEATURE_SERVICE)
+    chunk_rows = chunk_rows or settings.retrieval_chunk_rows
     # Feast's file (Dask) store de-duplicates on the join keys seen *so far* plus the
     # timestamp, so with a user view joined before an item view every row of a
     # (user, timestamp) but one is dropped. A distinct sub-second offset per row keeps
     # them apart; feature rows are stamped at midnight, so the offset changes no match.
     offset = entity_df.groupby(["user_id", "event_timestamp"]).cumcount()
+    if len(offset) and int(offset.max()) >= 1000:
+        raise ValueError("at most 1000 candidates per (user, timestamp) in one retrieval")
     keyed = entity_df.assign(
         _row=range(len(entity_df)),
         _ts=entity_df["event_timestamp"],
         event_timestamp=entity_df["event_timestamp"] + pd.to_timedelta(offset, unit="ms"),
     )
-    if int(offset.max() if len(offset) else 0) >= 1000:
-        raise ValueError("at most 1000 candidates per (user, timestamp) in one retrieval")
-    joined = store.get_historical_features(entity_df=keyed, features=service).to_df()
+    parts = []
+    starts = range(0, len(keyed), chunk_rows)
+    for start in tqdm(
+        starts, desc="feast point-in-time join", unit="chunk", disable=len(starts) < 2
+    ):
+        chunk = keyed.iloc[start : start + chunk_rows]
+        parts.append(store.get_historical_features(entity_df=chunk, features=service).to_df())
+    joined = pd.concat(parts, ignore_index=True) if parts else keyed.iloc[:0]
     joined = joined.sort_values("_row").drop(columns=["_row", "event_timestamp"])
     return joined.rename(columns={"_ts": "event_timestamp"}).reset_index(drop=True)
 

@@ -39,7 +39,7 @@ def item_attributes(
     split = out["genres"].fillna("").str.split("|") if "genres" in out else None
     for slot in GENRE_SLOTS:
         out[f"item_genre_{slot}"] = 0.0
-    for slot, genre in zip(GENRE_SLOTS, genres, strict=False):
+    for slot, genre in zip(GENRE_SLOTS, genres if split is not None else [], strict=False):
         out[f"item_genre_{slot}"] = split.apply(lambda gs, g=genre: float(g in gs))
     out["year"] = pd.to_numeric(out["year"], errors="coerce") if "year" in out else float("nan")
     cols = ["item_id", "year", *(f"item_genre_{s}" for s in GENRE_SLOTS)]

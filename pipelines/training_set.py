@@ -55,10 +55,10 @@ def build_queries(
 
     window = events.assign(day=days)
     window = window[(window["day"] >= first_day) & (window["day"] <= last_day)]
-    window = window.sort_values(["user_id", "day", "item_id"])
+    window = window.sort_values(["user_id", "day", "timestamp", "item_id"])
     parts: list[pd.DataFrame] = []
     for (user, day), group in window.groupby(["user_id", "day"], sort=True):
-        positives = group.drop_duplicates("item_id", keep="last")
+        positives = group.drop_duplicates("item_id", keep="last")  # the day's latest rating
         if len(positives) > max_positives:
             positives = positives.sample(n=max_positives, random_state=int(rng.integers(2**31)))
         pool = catalogue[: np.searchsorted(catalogue_days, day, side="left")]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines import contracts
-from pipelines.config import PROJECT_ROOT, Settings, get_settings
+from pipelines.config import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.integration
 

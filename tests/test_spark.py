@@ -1,0 +1,266 @@
+"""Spark stages on tiny hand-made frames: feature values, no leakage, query partitioning, training."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import contracts
+from pipelines.config import Settings
+from pipelines.evaluation import per_query_metrics, summarise
+from pipelines.features import compute_features, day_number, item_attributes
+from pipelines.scoring import score, to_matrix
+from pipelines.training import partition_by_query, ranker_params, shuffle_labels, train_ranker
+from pipelines.training_set import day_to_date
+
+pytestmark = pytest.mark.integration
+
+D = day_number(date(2024, 12, 15))  # D+17 is 2025-01-01, so item ages change inside the data
+LAST = D + 40  # snapshots go up to LAST + 1
+GENRES = ["Action", "Comedy"]  # slot g00 = Action, g01 = Comedy; "Drama" has no slot
+
+ITEM_IDS = pd.DataFrame({"external_id": ["a", "b", "c", "d"], "internal_id": [1, 2, 3, 4]})
+ITEMS_META = pd.DataFrame(
+    {
+        "item_id": ["a", "b", "c", "d"],
+        "genres": ["Action|Comedy", "Comedy", "Drama", "Action"],
+        "year": [2000, 1990, None, 2020],
+    }
+)
+
+
+def _events(rows: list[tuple[int, int, float, int, int]]) -> pd.DataFrame:
+    """(user, item, rating, day, second of the day) -> an events frame."""
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([r[0] for r in rows], dtype="int64"),
+            "item_id": pd.Series([r[1] for r in rows], dtype="int64"),
+            "rating": pd.Series([r[2] for r in rows], dtype="float64"),
+            "timestamp": pd.Series([r[3] * 86_400 + r[4] for r in rows], dtype="int64"),
+        }
+    )
+
+
+BASE = [
+    (1, 1, 4.0, D, 0),  # first second of the day
+    (1, 2, 2.0, D, 86_399),  # last second of the day
+    (1, 3, 5.0, D + 3, 3_600),
+    (2, 1, 3.0, D, 43_200),
+    (2, 2, 1.0, D + 10, 100),
+    (2, 2, 4.0, D + 18, 7_200),  # on a snapshot day (D+10+8): must not count on D+18 itself
+    (1, 1, 1.0, LAST + 5, 0),  # after last_day: must be ignored
+]
+
+A3, C3 = 1 / 3, 2 / 3  # genre counts Action 1, Comedy 2 -> affinities 1/3, 2/3
+
+# (user, day offset) -> cnt_7d, cnt_30d, cnt_all, mean_rating, days_since_last, aff_g00, aff_g01.
+# Snapshots at d+1, d+8, d+31 for active days d (D, D+3 for user 1; D, D+10 for user 2).
+USERS = {
+    # user 1: D (4, 2: items a, b), D+3 (5: item c, no slotted genre)
+    (1, 1): (2, 2, 2, 3.0, 1, A3, C3),  # window [D-6, D]: two events, mean (4+2)/2
+    (1, 4): (3, 3, 3, 11 / 3, 1, A3, C3),  # [D-3, D+3]: three, mean (4+2+5)/3
+    (1, 8): (1, 3, 3, 11 / 3, 5, A3, C3),  # 7d [D+1, D+7]: only D+3; 8 - 3 = 5 days since
+    (1, 11): (0, 3, 3, 11 / 3, 8, A3, C3),  # 7d [D+4, D+10]: nothing
+    (1, 31): (0, 1, 3, 11 / 3, 28, A3, C3),  # 30d [D+1, D+30]: only D+3
+    (1, 34): (0, 0, 3, 11 / 3, 31, A3, C3),  # 30d [D+4, D+33]: nothing
+    # user 2: D (3: item a = Action|Comedy), D+10 (1: item b = Comedy), D+18 (4: item b again)
+    (2, 1): (1, 1, 1, 3.0, 1, 0.5, 0.5),
+    (2, 8): (0, 1, 1, 3.0, 8, 0.5, 0.5),
+    (2, 11): (1, 2, 2, 2.0, 1, A3, C3),  # 7d [D+4, D+10]: D+10; mean (3+1)/2
+    (2, 18): (0, 2, 2, 2.0, 8, A3, C3),  # 7d [D+11, D+17]: nothing; D+18's own event unseen
+    # From D+19: ratings 3, 1, 4 -> mean 8/3; genres Action 1, Comedy 3 -> 1/4, 3/4.
+    (2, 19): (1, 3, 3, 8 / 3, 1, 0.25, 0.75),  # 7d [D+12, D+18]; 30d [D-11, D+18]
+    (2, 26): (0, 3, 3, 8 / 3, 8, 0.25, 0.75),  # 7d [D+19, D+25]; 30d [D-4, D+25]
+    (2, 31): (0, 2, 3, 8 / 3, 13, 0.25, 0.75),  # 30d [D+1, D+30]: D+10, D+18
+    (2, 41): (0, 1, 3, 8 / 3, 23, 0.25, 0.75),  # = LAST + 1; 30d [D+11, D+40]: D+18
+}
+
+# (item, day offset) -> pop_7d, pop_30d, pop_all, mean_rating, age_years, genre_g00, genre_g01.
+ITEMS = {
+    # item a (2000, Action|Comedy): ratings 4 and 3 on D
+    (1, 1): (2, 2, 2, 3.5, 24, 1, 1),  # 2024 - 2000
+    (1, 8): (0, 2, 2, 3.5, 24, 1, 1),
+    (1, 31): (0, 0, 2, 3.5, 25, 1, 1),  # D+31 is 2025-01-15: 2025 - 2000
+    # item b (1990, Comedy): 2 on D, 1 on D+10, 4 on D+18
+    (2, 1): (1, 1, 1, 2.0, 34, 0, 1),
+    (2, 8): (0, 1, 1, 2.0, 34, 0, 1),
+    (2, 11): (1, 2, 2, 1.5, 34, 0, 1),  # D+11 is 2024-12-26
+    (2, 18): (0, 2, 2, 1.5, 35, 0, 1),  # D+18 is 2025-01-02; its own event not yet counted
+    (2, 19): (1, 3, 3, 7 / 3, 35, 0, 1),  # mean (2 + 1 + 4) / 3
+    (2, 26): (0, 3, 3, 7 / 3, 35, 0, 1),
+    (2, 31): (0, 2, 3, 7 / 3, 35, 0, 1),  # 30d [D+1, D+30]: D+10, D+18
+    (2, 41): (0, 1, 3, 7 / 3, 35, 0, 1),  # 30d [D+11, D+40]: D+18
+    # item c (no year, Drama -> no slot): 5 on D+3
+    (3, 4): (1, 1, 1, 5.0, np.nan, 0, 0),
+    (3, 11): (0, 1, 1, 5.0, np.nan, 0, 0),
+    (3, 34): (0, 0, 1, 5.0, np.nan, 0, 0),
+}
+
+
+def _features(spark, rows, last_day: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    attrs = item_attributes(ITEMS_META, ITEM_IDS, GENRES)
+    users, items = compute_features(
+        spark, spark.createDataFrame(_events(rows)), attrs, day_to_date(last_day)
+    )
+    return users.toPandas(), items.toPandas()
+
+
+def _utc(day: int) -> pd.Timestamp:
+    return pd.Timestamp(day * 86_400, unit="s", tz="UTC")
+
+
+def _stamps_utc(frame: pd.DataFrame) -> pd.Series:
+    ts = pd.to_datetime(frame["event_timestamp"])
+    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+
+
+def _by_day(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    days = (_stamps_utc(frame) - pd.Timestamp(0, tz="UTC")).dt.days - D
+    return frame.assign(offset=days).set_index([key, "offset"]).sort_index()
+
+
+def test_item_attributes_slots() -> None:
+    attrs = item_attributes(ITEMS_META, ITEM_IDS, GENRES).set_index("item_id")
+    assert attrs["item_genre_g00"].tolist() == [1.0, 0.0, 0.0, 1.0]  # Action: a, d
+    assert attrs["item_genre_g01"].tolist() == [1.0, 1.0, 0.0, 0.0]  # Comedy: a, b
+    assert (attrs[[f"item_genre_{s}" for s in contracts.GENRE_SLOTS[2:]]] == 0.0).all().all()
+    assert attrs.loc[1, "year"] == 2000 and np.isnan(attrs.loc[3, "year"])
+
+
+def test_compute_features_hand_computed(spark) -> None:
+    users, items = _features(spark, BASE, LAST)
+    assert users.columns.tolist() == ["user_id", "event_timestamp", *contracts.USER_FEATURES]
+    assert items.columns.tolist() == ["item_id", "event_timestamp", *contracts.ITEM_FEATURES]
+
+    # Every stamp is a UTC midnight, and nothing is stamped after LAST + 1.
+    for frame in (users, items):
+        stamps = _stamps_utc(frame)
+        assert (stamps == stamps.dt.floor("D")).all()
+        assert stamps.max() == _utc(LAST + 1)
+
+    u = _by_day(users, "user_id")
+    assert set(u.index) == set(USERS)  # exactly the snapshot days, none from the late event
+    cols = [
+        "user_cnt_7d",
+        "user_cnt_30d",
+        "user_cnt_all",
+        "user_mean_rating",
+        "user_days_since_last",
+        "user_aff_g00",
+        "user_aff_g01",
+    ]
+    for key, expected in USERS.items():
+        assert u.loc[key, cols].tolist() == pytest.approx(expected, rel=1e-6), key
+        others = u.loc[key, [f"user_aff_{s}" for s in contracts.GENRE_SLOTS[2:]]]
+        assert (others == 0.0).all(), key
+
+    i = _by_day(items, "item_id")
+    assert set(i.index) == set(ITEMS)
+    cols = [
+        "item_pop_7d",
+        "item_pop_30d",
+        "item_pop_all",
+        "item_mean_rating",
+        "item_age_years",
+        "item_genre_g00",
+        "item_genre_g01",
+    ]
+    for key, expected in ITEMS.items():
+        assert i.loc[key, cols].tolist() == pytest.approx(expected, rel=1e-6, nan_ok=True), key
+    assert (users.drop(columns=["event_timestamp"]).dtypes.iloc[1:] == "float32").all()
+
+
+def test_compute_features_no_leakage(spark) -> None:
+    cutoff = D + 10  # the first run knows days <= cutoff
+    later = [
+        (1, 1, 1.0, cutoff + 1, 0),  # the very next day, same user and item
+        (2, 3, 5.0, cutoff + 1, 86_399),
+        (2, 4, 2.0, cutoff + 2, 10),  # a new item
+        (3, 2, 4.0, cutoff + 5, 10),  # a new user
+        (1, 2, 3.0, cutoff + 20, 10),
+    ]
+    early = [r for r in BASE if r[3] <= cutoff]
+    users_a, items_a = _features(spark, early, cutoff)
+    users_b, items_b = _features(spark, BASE + later, LAST)
+
+    for a, b, key in ((users_a, users_b, "user_id"), (items_a, items_b, "item_id")):
+        assert _stamps_utc(a).max() == _utc(cutoff + 1)
+        a = a.assign(event_timestamp=_stamps_utc(a))
+        b = b.assign(event_timestamp=_stamps_utc(b))
+        seen = b[b["event_timestamp"] <= _utc(cutoff + 1)]
+        order = [key, "event_timestamp"]
+        pd.testing.assert_frame_equal(
+            a.sort_values(order).reset_index(drop=True),
+            seen.sort_values(order).reset_index(drop=True),
+        )
+        assert len(b) > len(seen)  # the later events did produce later rows
+
+
+def test_partition_by_query_keeps_groups_whole(spark) -> None:
+    rng = np.random.default_rng(0)
+    qids = np.repeat(np.arange(40), rng.integers(1, 6, size=40))
+    frame = pd.DataFrame({"query_id": qids, "x": rng.random(qids.size)}).sample(
+        frac=1.0, random_state=1
+    )
+    sdf = spark.createDataFrame(frame).repartition(4)
+    parts = (
+        partition_by_query(sdf, 3)
+        .rdd.mapPartitions(lambda rows: [[r.query_id for r in rows]])
+        .collect()
+    )
+    assert sum(len(p) for p in parts) == qids.size
+    non_empty = [p for p in parts if p]
+    assert len(non_empty) > 1
+    owner: dict[int, int] = {}
+    for idx, part in enumerate(parts):
+        assert part == sorted(part)  # non-decreasing inside a partition
+        for q in set(part):
+            assert owner.setdefault(q, idx) == idx  # a query lives in one partition only
+    assert sorted(owner) == list(range(40))
+
+
+def _synthetic(n_queries: int, per_query: int, seed: int, start_qid: int = 0) -> pd.DataFrame:
+    """Random features; the label (0-3) is driven by ``item_pop_30d`` alone."""
+    rng = np.random.default_rng(seed)
+    n = n_queries * per_query
+    frame = pd.DataFrame(
+        rng.normal(size=(n, len(contracts.MODEL_FEATURES))), columns=contracts.MODEL_FEATURES
+    )
+    x = frame["item_pop_30d"]
+    frame["label"] = ((x > 0.0).astype(int) + (x > 0.8).astype(int) + (x > 1.5).astype(int)).astype(
+        float
+    )
+    frame["query_id"] = np.repeat(np.arange(start_qid, start_qid + n_queries), per_query)
+    return frame
+
+
+def test_train_ranker_learns_the_signal(spark) -> None:
+    settings = Settings(n_estimators=20, num_workers=2, max_depth=3, seed=0)
+    train = _synthetic(60, 10, seed=1)
+    booster = train_ranker(spark, train, ranker_params(settings))
+    assert booster.num_features() == len(contracts.MODEL_FEATURES)
+
+    holdout = _synthetic(40, 10, seed=2, start_qid=1_000)
+    holdout["model"] = score(booster, to_matrix(holdout))
+    holdout["random"] = np.random.default_rng(3).random(len(holdout))
+    model = summarise(per_query_metrics(holdout, "model", seed=0))
+    random = summarise(per_query_metrics(holdout, "random", seed=0))
+    assert model["queries"] == 40
+    # The label is a step function of one feature, so the model should be near perfect
+    # while a random ranking of 10 candidates sits around 0.5-0.6.
+    assert model["ndcg@10"] > 0.9
+    assert model["ndcg@10"] > random["ndcg@10"] + 0.2
+
+
+def test_shuffle_labels_permutes_within_queries() -> None:
+    train = _synthetic(30, 10, seed=4)
+    shuffled = shuffle_labels(train, seed=5)
+    pd.testing.assert_frame_equal(shuffled.drop(columns="label"), train.drop(columns="label"))
+    for qid, group in train.groupby("query_id"):
+        got = shuffled.loc[group.index, "label"]
+        assert sorted(got) == sorted(group["label"]), qid  # the same multiset per query
+    changed = (shuffled["label"] != train["label"]).groupby(train["query_id"]).any()
+    assert changed.mean() > 0.5  # most queries get a different order

@@ -1,0 +1,489 @@
+"""Fast unit tests of the pure functions in pipelines/ (no Spark), with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import contracts, ids
+from pipelines.evaluation import per_query_metrics, query_metrics, rank_order, summarise
+from pipelines.features import day_number
+from pipelines.ingest import days_to_ingest
+from pipelines.promotion import gate
+from pipelines.scoring import to_matrix
+from pipelines.training_set import build_queries, day_bounds, sample_negatives
+
+LOG2_3 = math.log2(3)  # discount of rank 2 is 1/log2(3); rank 1 is 1/log2(2) = 1
+
+# --------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        # Perfect ranking: every metric is 1.
+        ([2.0, 1.0, 0.0], {"ndcg@10": 1.0, "map@10": 1.0, "recall@10": 1.0}),
+        # Ranked labels 0, 3, 1, 0: DCG = (2^3-1)/log2(3) + (2^1-1)/log2(4) = 7/log2(3) + 1/2,
+        # IDCG = 7/1 + 1/log2(3). Relevant at ranks 2 and 3: AP = (1/2 + 2/3) / 2 = 7/12.
+        (
+            [0.0, 3.0, 1.0, 0.0],
+            {
+                "ndcg@10": (7 / LOG2_3 + 0.5) / (7 + 1 / LOG2_3),
+                "map@10": 7 / 12,
+                "recall@10": 1.0,
+            },
+        ),
+        # No relevant item: everything is 0 (not NaN).
+        ([0.0, 0.0, 0.0], {"ndcg@10": 0.0, "map@10": 0.0, "recall@10": 0.0}),
+        # 12 candidates; label 1 at rank 1, label 2 at rank 11 (outside the top 10).
+        # DCG = 1, IDCG = 3 + 1/log2(3); AP = (P@1 = 1) / min(2, 10) = 1/2; recall = 1/2.
+        (
+            [1.0] + [0.0] * 9 + [2.0, 0.0],
+            {"ndcg@10": 1 / (3 + 1 / LOG2_3), "map@10": 0.5, "recall@10": 0.5},
+        ),
+    ],
+    ids=["perfect", "graded", "no-relevant", "beyond-k"],
+)
+def test_query_metrics_hand_worked(labels: list[float], expected: dict[str, float]) -> None:
+    arr = np.array(labels)
+    got = query_metrics(arr, np.arange(arr.size))  # rank the candidates in frame order
+    assert got == pytest.approx(expected)
+
+
+def test_query_metrics_uses_the_order() -> None:
+    # Same labels [0, 3, 1, 0], ranked 1, 2, 0, 3 -> labels 3, 1, 0, 0: the ideal order.
+    got = query_metrics(np.array([0.0, 3.0, 1.0, 0.0]), np.array([1, 2, 0, 3]))
+    assert got == pytest.approx({"ndcg@10": 1.0, "map@10": 1.0, "recall@10": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ([0.1, 0.9, 0.5], [1, 2, 0]),
+        ([np.nan, 0.2, 0.3], [2, 1, 0]),  # NaN scores rank last
+        ([-np.inf, np.nan, 1.0], [2, 0, 1]),  # NaN below even -inf
+    ],
+)
+def test_rank_order_descending(scores: list[float], expected: list[int]) -> None:
+    order = rank_order(np.array(scores), np.random.default_rng(0))
+    assert order.tolist() == expected
+
+
+def test_rank_order_breaks_ties_at_random() -> None:
+    # All scores equal, the positive first in the frame: with random tie-breaking it
+    # comes first with probability 1/5, i.e. about 80 times out of 400 seeds.
+    labels = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+    scores = np.zeros(5)
+    firsts = [rank_order(scores, np.random.default_rng(s))[0] for s in range(400)]
+    first_is_positive = sum(f == 0 for f in firsts)
+    assert 40 < first_is_positive < 130
+    assert set(firsts) == {0, 1, 2, 3, 4}
+    # So the metric of a constant scorer is not the perfect one.
+    ndcgs = [
+        query_metrics(labels, rank_order(scores, np.random.default_rng(s)))["ndcg@10"]
+        for s in range(50)
+    ]
+    assert min(ndcgs) < 1.0
+
+
+def test_rank_order_ties_only_among_equals() -> None:
+    # Scores 1, 2, 2: indices 1 and 2 share the top two places, index 0 is always last.
+    seen = set()
+    for s in range(50):
+        order = rank_order(np.array([1.0, 2.0, 2.0]), np.random.default_rng(s)).tolist()
+        assert order[2] == 0
+        seen.add(tuple(order[:2]))
+    assert seen == {(1, 2), (2, 1)}
+
+
+def test_per_query_metrics_and_summarise() -> None:
+    frame = pd.DataFrame(
+        {
+            "query_id": [7, 7, 3, 3],
+            "label": [0.0, 1.0, 1.0, 0.0],
+            "score": [0.9, 0.1, 0.9, 0.1],
+        }
+    )
+    per_query = per_query_metrics(frame, "score", seed=0)
+    # Query 3: labels ranked 1, 0 -> perfect. Query 7: ranked 0, 1 -> DCG = 1/log2(3),
+    # IDCG = 1, AP = (P@2 = 1/2) / 1 = 1/2, recall = 1.
+    assert per_query["query_id"].tolist() == [3, 7]
+    assert per_query["ndcg@10"].tolist() == pytest.approx([1.0, 1 / LOG2_3])
+    assert per_query["map@10"].tolist() == pytest.approx([1.0, 0.5])
+    assert per_query["recall@10"].tolist() == pytest.approx([1.0, 1.0])
+    # Means: ndcg (1 + 0.63093) / 2 = 0.81546 -> 0.8155; map (1 + 0.5) / 2 = 0.75.
+    assert summarise(per_query) == {
+        "ndcg@10": 0.8155,
+        "map@10": 0.75,
+        "recall@10": 1.0,
+        "queries": 2,
+    }
+
+
+# ------------------------------------------------------------------------------ gate
+
+
+def _m(ndcg: float) -> dict[str, float]:
+    return {"ndcg@10": ndcg}
+
+
+@pytest.mark.parametrize(
+    ("model", "popularity", "production", "passed", "reason_has"),
+    [
+        (0.30, 0.20, None, True, None),  # beats popularity, nothing in production
+        (0.15, 0.20, None, False, "popularity"),  # loses to popularity
+        (0.20, 0.20, None, False, "popularity"),  # a tie is not a win
+        (0.30, 0.20, 0.32, False, "production"),  # 0.30 < 0.32 - 0.005 = 0.315
+        (0.30, 0.20, 0.303, True, None),  # 0.30 >= 0.303 - 0.005 = 0.298
+        (0.35, 0.20, 0.30, True, None),  # better than production
+        (0.15, 0.20, 0.40, False, "production"),  # fails both checks, both are named
+    ],
+)
+def test_gate(
+    model: float,
+    popularity: float,
+    production: float | None,
+    passed: bool,
+    reason_has: str | None,
+) -> None:
+    metrics = {
+        "model": _m(model),
+        "popularity": _m(popularity),
+        "production": None if production is None else _m(production),
+    }
+    result = gate(metrics, tolerance=0.005)
+    assert result["passed"] is passed
+    assert len(result["checks"]) == (1 if production is None else 2)
+    if passed:
+        assert "failed" not in result["reason"]
+    else:
+        assert result["reason"].startswith("failed")
+        assert reason_has in result["reason"]
+    if model < popularity and production is not None:
+        assert "popularity" in result["reason"]
+
+
+def test_gate_without_production_key() -> None:
+    result = gate({"model": _m(0.3), "popularity": _m(0.1)}, tolerance=0.0)
+    assert result["passed"] is True
+    assert "popularity" in result["reason"]
+
+
+# ------------------------------------------------------------------------------- ids
+
+
+def _mapping(pairs: dict[str, int]) -> pd.DataFrame:
+    return pd.DataFrame({"external_id": list(pairs), "internal_id": list(pairs.values())}).astype(
+        {"external_id": "string", "internal_id": "int64"}
+    )
+
+
+def test_extend_mapping_is_stable() -> None:
+    existing = _mapping({"b": 1, "a": 2})
+    out = ids.extend_mapping(existing, pd.Series(["d", "a", "c", None, "c"]))
+    # a and b keep 2 and 1; the unseen c, d are sorted and appended from max + 1 = 3.
+    assert dict(zip(out["external_id"], out["internal_id"], strict=True)) == {
+        "b": 1,
+        "a": 2,
+        "c": 3,
+        "d": 4,
+    }
+    assert out["external_id"].tolist() == ["b", "a", "c", "d"]
+    assert str(out["internal_id"].dtype) == "int64"
+
+
+def test_extend_mapping_from_empty_and_idempotent() -> None:
+    first = ids.extend_mapping(
+        ids.read_mapping(Path("/nonexistent/x.parquet")), pd.Series(["y", "x"])
+    )
+    assert first["external_id"].tolist() == ["x", "y"]
+    assert first["internal_id"].tolist() == [1, 2]
+    again = ids.extend_mapping(first, pd.Series(["x", "y"]))
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_to_internal_unknown_is_na() -> None:
+    mapping = _mapping({"a": 2, "c": 3})
+    out = ids.to_internal(pd.Series(["a", "zz", "c"]), mapping)
+    assert str(out.dtype) == "Int64"
+    assert out.iloc[0] == 2
+    assert out.iloc[1] is pd.NA
+    assert out.iloc[2] == 3
+
+
+def test_update_mapping_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "ids" / "users.parquet"
+    ids.update_mapping(path, pd.Series(["u2", "u1"]))
+    second = ids.update_mapping(path, pd.Series(["u3", "u1"]))
+    # u1 = 1, u2 = 2 from the first call (sorted); u3 appended as 3.
+    expected = {"u1": 1, "u2": 2, "u3": 3}
+    assert dict(zip(second["external_id"], second["internal_id"], strict=True)) == expected
+    pd.testing.assert_frame_equal(ids.read_mapping(path), second, check_dtype=False)
+    assert ids.load_id_map(path) == expected
+    assert not path.with_suffix(".tmp").exists()
+
+
+# ---------------------------------------------------------------------------- ingest
+
+LANDED = [date(2025, 1, d) for d in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    ("logical", "in_lake", "backfill_from", "expected"),
+    [
+        (date(2025, 1, 3), LANDED[:2], None, [date(2025, 1, 3)]),  # normal day
+        (date(2025, 1, 3), [], None, LANDED[:3]),  # bootstrap: all history up to the date
+        (date(2025, 1, 4), LANDED, date(2025, 1, 2), LANDED[1:4]),  # backfill window
+        (date(2025, 1, 4), [], date(2025, 1, 2), LANDED[1:4]),  # backfill wins over bootstrap
+        (date(2025, 1, 9), LANDED, None, []),  # nothing landed for the date
+    ],
+    ids=["normal", "bootstrap", "backfill", "backfill-empty-lake", "not-landed"],
+)
+def test_days_to_ingest(
+    logical: date, in_lake: list[date], backfill_from: date | None, expected: list[date]
+) -> None:
+    assert days_to_ingest(logical, LANDED, in_lake, backfill_from) == expected
+
+
+# --------------------------------------------------------------------- negatives
+
+
+def _check_negatives(out: np.ndarray, rated: set[int], pool: np.ndarray, k: int) -> None:
+    assert out.dtype == np.int64
+    assert len(out) == k
+    assert len(set(out.tolist())) == k
+    assert set(out.tolist()) <= set(pool.tolist())
+    assert not set(out.tolist()) & rated
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sample_negatives_small_pool(seed: int) -> None:
+    # 10 <= 4 * (4 + 3): the "filter the pool" branch.
+    pool, rated = np.arange(100, 110, dtype=np.int64), {101, 103, 105}
+    _check_negatives(sample_negatives(rated, pool, 4, np.random.default_rng(seed)), rated, pool, 4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sample_negatives_large_pool(seed: int) -> None:
+    # 1000 > 4 * (5 + 200): the rejection-sampling branch; a fifth of the pool is rated.
+    pool = np.arange(0, 2000, 2, dtype=np.int64)
+    rated = set(range(0, 2000, 10))
+    assert pool.size > 4 * (5 + len(rated))
+    _check_negatives(sample_negatives(rated, pool, 5, np.random.default_rng(seed)), rated, pool, 5)
+
+
+def test_sample_negatives_fewer_than_k() -> None:
+    # Pool 0..4 minus rated {0, 1} leaves 2, 3, 4: all of them, not 10.
+    out = sample_negatives({0, 1}, np.arange(5, dtype=np.int64), 10, np.random.default_rng(0))
+    assert sorted(out.tolist()) == [2, 3, 4]
+    empty = sample_negatives({0, 1}, np.array([0, 1], dtype=np.int64), 3, np.random.default_rng(0))
+    assert len(empty) == 0
+
+
+# ----------------------------------------------------------------------- queries
+
+D = 20_000  # 2024-10-04
+
+
+def _events(rows: list[tuple[int, int, float, int, int]]) -> pd.DataFrame:
+    """(user, item, rating, day, hour) -> events with epoch-second timestamps."""
+    return pd.DataFrame(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "rating": [r[2] for r in rows],
+            "timestamp": [r[3] * 86_400 + r[4] * 3_600 for r in rows],
+        }
+    )
+
+
+EVENTS = _events(
+    [
+        (1, 10, 4.0, D, 9),  # item 10 first seen on D
+        (2, 11, 3.0, D, 23),  # item 11 first seen on D
+        (2, 12, 5.0, D + 1, 0),  # item 12 first seen on D+1; query (2, D+1)
+        (3, 13, 2.0, D + 1, 12),  # item 13 first seen on D+1; query (3, D+1)
+        (1, 12, 5.0, D + 2, 1),  # query (1, D+2)
+        (1, 14, 3.0, D + 2, 22),  # item 14 first seen on D+2
+        (2, 15, 1.0, D + 5, 5),  # after the window
+        (1, 11, 2.0, D + 10, 5),  # user 1 rates 11 later: never a negative for user 1
+    ]
+)
+
+
+def test_build_queries_hand_worked() -> None:
+    out = build_queries(EVENTS, D + 1, D + 2, negatives=3, max_positives=50, seed=0)
+    # Catalogue before D+1 = {10, 11}; before D+2 = {10, 11, 12, 13}.
+    # (1, D+2): positives 12 (5), 14 (3); pool {10,11,12,13} minus rated {10,11,12,14} = {13}.
+    # (2, D+1): positive 12 (5); pool {10, 11} minus rated {11, 12, 15} = {10}.
+    # (3, D+1): positive 13 (2); pool {10, 11} minus rated {13} = {10, 11}.
+    # Query ids follow (user, day): (1, D+2) -> 0, (2, D+1) -> 1, (3, D+1) -> 2.
+    got = {
+        qid: (
+            int(g["user_id"].iloc[0]),
+            int(g["day"].iloc[0]),
+            dict(zip(g["item_id"].astype(int), g["label"], strict=True)),
+        )
+        for qid, g in out.groupby("query_id")
+    }
+    assert got == {
+        0: (1, D + 2, {12: 5.0, 14: 3.0, 13: 0.0}),
+        1: (2, D + 1, {12: 5.0, 10: 0.0}),
+        2: (3, D + 1, {13: 2.0, 10: 0.0, 11: 0.0}),
+    }
+    stamps = out.groupby("query_id")["event_timestamp"].first()
+    assert stamps.tolist() == [
+        pd.Timestamp("2024-10-06", tz="UTC"),  # D+2 = 20002 days after 1970-01-01
+        pd.Timestamp("2024-10-05", tz="UTC"),
+        pd.Timestamp("2024-10-05", tz="UTC"),
+    ]
+    assert str(out["user_id"].dtype) == "int64"
+    assert str(out["item_id"].dtype) == "int64"
+    assert str(out["label"].dtype) == "float64"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_build_queries_invariants(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    n = 400
+    events = _events(
+        [
+            (int(u), int(i), float(r), D + int(d), int(h))
+            for u, i, r, d, h in zip(
+                rng.integers(0, 15, n),
+                rng.integers(0, 60, n),
+                rng.integers(1, 6, n),
+                rng.integers(0, 30, n),
+                rng.integers(0, 24, n),
+                strict=True,
+            )
+        ]
+    ).drop_duplicates(["user_id", "item_id"])
+    out = build_queries(events, D + 20, D + 29, negatives=5, max_positives=3, seed=seed)
+    ev_day = events["timestamp"] // 86_400
+    first_seen = events.assign(day=ev_day).groupby("item_id")["day"].min()
+    rated = events.groupby("user_id")["item_id"].agg(set)
+    rating_of = events.set_index(["user_id", "item_id"])["rating"]
+    assert len(out) > 0
+    assert out["day"].between(D + 20, D + 29).all()
+    # Dense query ids 0..n-1, one (user, day) each.
+    n_queries = out.groupby(["user_id", "day"]).ngroups
+    assert sorted(out["query_id"].unique()) == list(range(n_queries))
+    assert (out.groupby("query_id")[["user_id", "day"]].nunique() == 1).all().all()
+    for _, q in out.groupby("query_id"):
+        user, day = int(q["user_id"].iloc[0]), int(q["day"].iloc[0])
+        pos, neg = q[q["label"] > 0], q[q["label"] == 0]
+        assert q["item_id"].is_unique
+        assert 1 <= len(pos) <= 3  # the max_positives cap
+        for item, label in zip(pos["item_id"], pos["label"], strict=True):
+            assert rating_of[(user, item)] == label  # the label is the rating...
+            day_of = ev_day[(events["user_id"] == user) & (events["item_id"] == item)]
+            assert (day_of == day).any()  # ...given on the query day
+        assert not set(neg["item_id"]) & rated[user]  # never rated, at any time
+        assert (first_seen[neg["item_id"]] < day).all()  # in the catalogue strictly before
+        assert len(neg) <= 5
+        assert (q["event_timestamp"] == pd.Timestamp(day * 86_400, unit="s", tz="UTC")).all()
+
+
+def test_build_queries_caps_positives() -> None:
+    events = _events([(1, 100 + i, float(1 + i % 5), D, i) for i in range(6)])
+    out = build_queries(events, D, D, negatives=4, max_positives=2, seed=3)
+    # Nothing is in the catalogue before D, so no negatives: just 2 of the 6 positives.
+    assert len(out) == 2
+    assert set(out["item_id"]) <= set(range(100, 106))
+    assert all(
+        lbl == 1 + (item - 100) % 5 for item, lbl in zip(out["item_id"], out["label"], strict=True)
+    )
+
+
+def test_build_queries_is_deterministic_and_empty_window() -> None:
+    a = build_queries(EVENTS, D, D + 10, negatives=2, max_positives=1, seed=7)
+    b = build_queries(EVENTS, D, D + 10, negatives=2, max_positives=1, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+    empty = build_queries(EVENTS, D + 50, D + 60, negatives=2, max_positives=1, seed=7)
+    assert empty.empty
+    assert {"query_id", "label", "event_timestamp"} <= set(empty.columns)
+
+
+# ----------------------------------------------------------------- days and contracts
+
+
+@pytest.mark.parametrize(
+    ("day", "number"),
+    [
+        (date(1970, 1, 1), 0),
+        (date(1970, 2, 1), 31),
+        (date(2000, 1, 1), 10_957),  # 30 * 365 + 7 leap days (1972 .. 1996)
+        (date(2024, 10, 4), 20_000),
+    ],
+)
+def test_day_number(day: date, number: int) -> None:
+    assert day_number(day) == number
+
+
+def test_day_bounds() -> None:
+    # 1970-02-01 is day 31: holdout (26, 31] is 5 days, train [17, 26] is 10 days.
+    assert day_bounds(date(1970, 2, 1), holdout_days=5, train_days=10) == {
+        "train_start": 17,
+        "train_end": 26,
+        "holdout_end": 31,
+    }
+
+
+def test_genre_match_dot_product() -> None:
+    frame = pd.DataFrame(0.0, index=[10, 20, 30], columns=contracts.MODEL_FEATURES)
+    frame.loc[10, ["user_aff_g00", "user_aff_g01", "user_aff_g02"]] = [0.5, 0.25, 0.25]
+    frame.loc[10, ["item_genre_g00", "item_genre_g02"]] = 1.0
+    frame.loc[20, "user_aff_g03"] = 1.0
+    frame.loc[20, "item_genre_g00"] = 1.0
+    frame.loc[30, "user_aff_g05"] = np.nan  # a missing user: NaN, not 0
+    out = contracts.genre_match(frame)
+    # Row 10: 0.5 * 1 + 0.25 * 0 + 0.25 * 1 = 0.75. Row 20: no overlap -> 0.
+    assert out.index.tolist() == [10, 20, 30]
+    assert out["genre_match"].iloc[:2].tolist() == pytest.approx([0.75, 0.0])
+    assert np.isnan(out["genre_match"].iloc[2])
+
+
+def test_model_features_contract() -> None:
+    feats = contracts.MODEL_FEATURES
+    assert len(feats) == len(set(feats))
+    assert feats == contracts.USER_FEATURES + contracts.ITEM_FEATURES + contracts.ON_DEMAND_FEATURES
+    # 3 counts + mean + recency + 18 affinities; the same shape for items; 1 on-demand.
+    assert len(feats) == 23 + 23 + 1
+    assert len(contracts.feature_refs()) == len(feats)
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def test_to_matrix_orders_and_fills() -> None:
+    feats = contracts.MODEL_FEATURES
+    present = [feats[5], feats[0], feats[-1], "not_a_feature"]  # shuffled, with an extra
+    frame = pd.DataFrame(
+        {
+            feats[5]: [1.5, 2.5],
+            feats[0]: pd.Series([3, None], dtype="Int64"),
+            feats[-1]: ["0.25", "oops"],  # strings are coerced; garbage becomes missing
+            "not_a_feature": [9.0, 9.0],
+        }
+    )[present]
+    m = to_matrix(frame)
+    assert m.dtype == np.float32
+    assert m.shape == (2, len(feats))
+    assert m[0, 0] == 3.0 and np.isnan(m[1, 0])
+    assert m[:, 5].tolist() == [1.5, 2.5]
+    assert m[0, -1] == np.float32(0.25) and np.isnan(m[1, -1])
+    untouched = [j for j in range(len(feats)) if j not in (0, 5, len(feats) - 1)]
+    assert np.isnan(m[:, untouched]).all()
+    assert not (m == 9.0).any()
+
+
+def test_to_matrix_explicit_columns_and_empty() -> None:
+    m = to_matrix(pd.DataFrame({"b": [1.0], "a": [2.0]}), columns=["a", "b", "c"])
+    assert m[0, :2].tolist() == [2.0, 1.0] and np.isnan(m[0, 2])
+    assert to_matrix(pd.DataFrame(columns=["a"])).shape == (0, len(contracts.MODEL_FEATURES))
