@@ -16,17 +16,20 @@ export BENTOML_HOME := $(CR_DATA_DIR)/bentoml
 export BENTOML_DO_NOT_TRACK := True
 export SCARF_ANALYTICS := false
 
-UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
-RUN := $(UV) run --frozen --no-sync
-CLI := $(RUN) python -m pipelines.cli
+# uv from PATH, else the one `pip install uv` put beside python3 (evaluated when used).
+UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_uv_bin())" 2>/dev/null)
+RUN = $(UV) run --frozen --no-sync
+CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: install airflow-db bootstrap dag run serve airflow test lint format bench-run rollback clean
+.PHONY: uv install airflow-db bootstrap dag run serve airflow test lint format bench-run rollback clean
 
 install: .venv/.installed
-.venv/.installed: pyproject.toml uv.lock
-	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv
+.venv/.installed: pyproject.toml uv.lock | uv
 	$(UV) sync --frozen
 	@touch $@
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -c "import uv" 2>/dev/null || python3 -m pip install --quiet uv
 
 airflow-db: install
 	@mkdir -p "$(AIRFLOW_HOME)"
