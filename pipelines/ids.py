@@ -19,7 +19,7 @@ def extend_mapping(existing: pd.DataFrame, external_ids: pd.Series) -> pd.DataFr
     new = sorted(set(external_ids.dropna().astype(str)) - known)
     start = int(existing["internal_id"].max()) + 1 if len(existing) else 1
     added = pd.DataFrame({"external_id": new, "internal_id": range(start, start + len(new))})
-    out = pd.concat([existing[ID_COLUMNS], added], ignore_index=True)
+    out = pd.concat([existing[ID_COLUMNS], added], ignore_index=True) if len(existing) else added
     return out.astype({"external_id": "string", "internal_id": "int64"})
 
 
