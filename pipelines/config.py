@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     infra_validate: bool = True
 
     # --- serving -----------------------------------------------------------------
+    serving_path: str = "fast"  # "fast" (in-memory items + one SQLite read) or "feast" (SDK)
+    serving_clock: str = "data"  # TTL "now": "wall", or "data" = end of the last materialization
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 

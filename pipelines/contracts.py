@@ -40,6 +40,8 @@ ITEM_FEATURES: list[str] = [
     *(f"item_genre_{g}" for g in GENRE_SLOTS),
 ]
 ON_DEMAND_FEATURES: list[str] = ["genre_match"]
+USER_AFFINITY = [f"user_aff_{g}" for g in GENRE_SLOTS]
+ITEM_GENRES = [f"item_genre_{g}" for g in GENRE_SLOTS]
 
 # Feast object names (features/ defines them; everything else refers to them by name).
 USER_VIEW = "user_activity_fv"
@@ -69,8 +71,14 @@ def genre_match(features: pd.DataFrame) -> pd.DataFrame:
     ``sum_g aff_g * genre_g``: the share of the user's history that falls in the
     item's genres. Missing inputs give NaN, which the model treats as missing.
     """
-    aff = features[[f"user_aff_{g}" for g in GENRE_SLOTS]].to_numpy(dtype="float64")
-    gen = features[[f"item_genre_{g}" for g in GENRE_SLOTS]].to_numpy(dtype="float64")
+    aff = features[USER_AFFINITY].to_numpy(dtype="float64")
+    gen = features[ITEM_GENRES].to_numpy(dtype="float64")
     out = pd.DataFrame(index=features.index)
-    out["genre_match"] = np.einsum("ij,ij->i", aff, gen).astype("float64")
+    out["genre_match"] = genre_match_values(aff, gen)
     return out
+
+
+def genre_match_values(affinity: np.ndarray, genres: np.ndarray) -> np.ndarray:
+    """Row-wise ``sum_g affinity_g * genre_g``; ``affinity`` may be one row for all items."""
+    aff = np.broadcast_to(np.asarray(affinity, dtype="float64"), np.shape(genres))
+    return np.einsum("ij,ij->i", aff, np.asarray(genres, dtype="float64"))

@@ -9,7 +9,6 @@ rollback reaches a running server without a restart. Serving never trains.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
@@ -55,6 +55,13 @@ class RankResponse(BaseModel):
     items: list[ScoredItem] = Field(description="Known items, best first, at most k.")
     unknown_item_ids: list[str] = Field(description="Requested items with no internal id.")
     fallback: bool = Field(description="True when the user is unknown: scored by popularity.")
+    stale_user: bool = Field(
+        default=False,
+        description="The user's features were older than their TTL: scored as missing.",
+    )
+    stale_item_ids: list[str] = Field(
+        default_factory=list, description="Items whose features were older than their TTL."
+    )
 
 
 class ModelVersionResponse(BaseModel):
@@ -155,6 +162,19 @@ def _unavailable(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=503)
 
 
+REQUEST_SECONDS = bentoml.metrics.Histogram(
+    name="rank_request_seconds",
+    documentation="Time inside /rank, by phase (features, model, total).",
+    labelnames=["phase", "path", "model_version"],
+    buckets=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
+OUTCOMES = bentoml.metrics.Counter(
+    name="rank_outcomes",
+    documentation="Requests that used the cold-start fallback or met stale features.",
+    labelnames=["outcome", "model_version"],
+)
+
+
 @bentoml.service(
     name="content_ranker",
     workers=1,
@@ -167,13 +187,16 @@ class Ranker:
 
     def __init__(self) -> None:
         from pipelines.feature_store import open_store
+        from serving.online import FastReader, SdkReader
 
         self.settings = get_settings()
         self.store = open_store(self.settings)
         self.users = _IdMap(self.settings.ids_dir / "users.parquet")
         self.items = _IdMap(self.settings.ids_dir / "items.parquet")
         self.model = _Model(self.settings)
-        self._services: dict[str, tuple[float, Any]] = {}
+        self.path = self.settings.serving_path
+        reader = {"fast": FastReader, "feast": SdkReader}[self.path]
+        self.reader = reader(self.store, self.settings)
         self.model.refresh()
         if self.model.error:
             log.warning("%s", self.model.error)
@@ -185,45 +208,52 @@ class Ranker:
     @bentoml.api(input_spec=RankRequest, route="/rank")
     def rank(self, user_id: str, item_ids: list[str], k: int | None = None) -> RankResponse:
         """Score the known items for the user, best first; unknown users get popularity."""
+        from pipelines.scoring import score
+
+        started = time.perf_counter()
         self.model.refresh()
         model = self.model
         if model.booster is None:
             return _unavailable(model.error or "no model loaded")
-        tag, booster, columns = model.tag, model.booster, model.columns
+        tag, booster = model.tag, model.booster  # this request finishes on this model
 
         item_map, user_map = self.items.get(), self.users.get()
         requested = list(dict.fromkeys(item_ids))  # de-duplicated, order kept
         known = [i for i in requested if i in item_map]
         unknown = [i for i in requested if i not in item_map]
-        if not known:
-            return RankResponse(
-                model_version=tag, items=[], unknown_item_ids=unknown, fallback=False
-            )
-        internal_items = [item_map[i] for i in known]
-
         internal_user = user_map.get(user_id)
-        if internal_user is None:
-            scores = self._popularity(internal_items)
-            fallback = True
+        batch = self.reader.read(internal_user, [item_map[i] for i in known])
+        read_done = time.perf_counter()
+
+        if internal_user is None or not (batch.user_found or batch.user_stale):
+            scores, fallback = batch.popularity, True
         else:
-            frame = self._features(internal_user, internal_items, model.metadata)
-            if frame[contracts.USER_FEATURES].isna().all(axis=None):
-                scores = frame[contracts.POPULARITY_FEATURE].astype("float64").fillna(0.0).tolist()
-                fallback = True
-            else:
-                from pipelines.scoring import score, to_matrix
+            scores, fallback = score(booster, batch.matrix).astype("float64"), False
+        scores = np.where(np.isfinite(scores), scores, 0.0)
+        order = np.argsort(-scores, kind="stable")[: k or None]
+        done = time.perf_counter()
 
-                scores = score(booster, to_matrix(frame, columns)).astype("float64").tolist()
-                fallback = False
-
-        ranked = sorted(zip(known, scores, strict=True), key=lambda p: p[1], reverse=True)
-        items = [ScoredItem(item_id=i, score=s if math.isfinite(s) else 0.0) for i, s in ranked]
+        labels = {"path": self.path, "model_version": tag}
+        REQUEST_SECONDS.labels(phase="features", **labels).observe(read_done - started)
+        REQUEST_SECONDS.labels(phase="model", **labels).observe(done - read_done)
+        REQUEST_SECONDS.labels(phase="total", **labels).observe(done - started)
+        if fallback:
+            OUTCOMES.labels(outcome="fallback", model_version=tag).inc()
+        if batch.user_stale or batch.item_stale.any():
+            OUTCOMES.labels(outcome="stale", model_version=tag).inc()
         return RankResponse(
             model_version=tag,
-            items=items[:k] if k else items,
+            items=[ScoredItem(item_id=known[i], score=float(scores[i])) for i in order],
             unknown_item_ids=unknown,
             fallback=fallback,
+            stale_user=batch.user_stale,
+            stale_item_ids=[known[i] for i in np.flatnonzero(batch.item_stale)],
         )
+
+    @bentoml.api(input_spec=RankRequest, route="/echo")
+    def echo(self, user_id: str, item_ids: list[str], k: int | None = None) -> dict:
+        """The framework floor for benchmarks: same request parsing, no features, no model."""
+        return {"user_id": user_id, "items": len(item_ids)}
 
     @bentoml.api(route="/model_version")
     def model_version(self) -> ModelVersionResponse:
@@ -233,29 +263,3 @@ class Ranker:
             return _unavailable(self.model.error or "no model loaded")
         short = {k: v for k, v in self.model.metadata.items() if k != "feature_names"}
         return ModelVersionResponse(model_version=self.model.tag, metadata=short)
-
-    # --- feature reads ------------------------------------------------------------------------
-
-    def _feature_service(self, name: str):
-        """The FeatureService object, kept between requests.
-
-        A fresh ``get_feature_service`` per request re-parses the registry proto and
-        costs ~20 ms on top of a ~12 ms online read; re-fetched once a minute so a
-        ``feast apply`` still reaches a running server.
-        """
-        fetched_at, service = self._services.get(name, (0.0, None))
-        if service is None or time.monotonic() - fetched_at > SERVICE_REFRESH_S:
-            service = self.store.get_feature_service(name)
-            self._services[name] = (time.monotonic(), service)
-        return service
-
-    def _features(self, user: int, items: list[int], metadata: dict[str, Any]):
-        service = self._feature_service(metadata.get("feature_service", contracts.FEATURE_SERVICE))
-        rows = [{"user_id": user, "item_id": i} for i in items]
-        return self.store.get_online_features(features=service, entity_rows=rows).to_df()
-
-    def _popularity(self, items: list[int]) -> list[float]:
-        ref = f"{contracts.ITEM_VIEW}:{contracts.POPULARITY_FEATURE}"
-        rows = [{"item_id": i} for i in items]
-        frame = self.store.get_online_features(features=[ref], entity_rows=rows).to_df()
-        return frame[contracts.POPULARITY_FEATURE].astype("float64").fillna(0.0).tolist()

@@ -183,6 +183,8 @@ def test_rank_all_items_unknown(client, world):
         "items": [],
         "unknown_item_ids": ["x", "y"],
         "fallback": False,
+        "stale_user": False,
+        "stale_item_ids": [],
     }
 
 
@@ -320,3 +322,63 @@ def test_infra_validate_fails_for_a_missing_tag(world):
     assert result["passed"] is False
     assert result["errors"]
     assert "doesnotexist" in result["reason"]
+
+
+# --- the fast online path against the Feast SDK path -------------------------------------
+
+N_USER = len(contracts.USER_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def readers(world):
+    from pipelines.feature_store import open_store
+    from serving.online import FastReader, SdkReader
+
+    store = open_store(world.settings)
+    return FastReader(store, world.settings), SdkReader(store, world.settings)
+
+
+def test_fast_and_sdk_paths_agree_on_random_requests(readers, world):
+    from pipelines import registry, scoring
+
+    fast, sdk = readers
+    booster = registry.load_booster(world.tag_a, world.settings)
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        user = int(rng.integers(1, N_USERS + 2))  # includes a user with no features
+        items = [int(i) for i in rng.integers(1, N_ITEMS + 3, size=int(rng.integers(1, 40)))]
+        a, b = fast.read(user, items), sdk.read(user, items)
+        np.testing.assert_allclose(a.matrix, b.matrix, rtol=1e-6, equal_nan=True)
+        assert (a.user_found, a.user_stale) == (b.user_found, b.user_stale)
+        np.testing.assert_array_equal(a.item_stale, b.item_stale)
+        np.testing.assert_allclose(
+            scoring.score(booster, a.matrix), scoring.score(booster, b.matrix), rtol=1e-6
+        )
+
+
+def test_unknown_items_are_all_missing(readers):
+    fast, _ = readers
+    batch = fast.read(1, [1, 10_000])
+    assert not np.isnan(batch.matrix[0, N_USER:-1]).all()
+    assert np.isnan(batch.matrix[1, N_USER:-1]).all()
+
+
+@pytest.mark.parametrize("path", ["fast", "sdk"])
+def test_values_older_than_the_ttl_count_as_missing(readers, path):
+    fast, sdk = readers
+    reader = fast if path == "fast" else sdk
+    fresh = reader.read(1, [1, 2])
+    assert not fresh.user_stale and not fresh.item_stale.any()
+    ttl_user, ttl_item = reader.ttls
+    # Move "now" past both TTLs: every value is stale, hence NaN, and says so.
+    last_ts = fresh_now = reader.clock.now()
+    reader.clock.now = lambda: last_ts + max(ttl_user, ttl_item) + 86_400
+    try:
+        stale = reader.read(1, [1, 2])
+    finally:
+        del reader.clock.now
+    assert fresh_now == reader.clock.now()
+    assert stale.user_stale and not stale.user_found
+    assert stale.item_stale.all()
+    assert np.isnan(stale.matrix[:, :-1]).all()
+    assert np.isnan(stale.matrix[:, -1]).all()  # the on-demand feature of missing inputs
