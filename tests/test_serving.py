@@ -382,3 +382,72 @@ def test_values_older_than_the_ttl_count_as_missing(readers, path):
     assert stale.item_stale.all()
     assert np.isnan(stale.matrix[:, :-1]).all()
     assert np.isnan(stale.matrix[:, -1]).all()  # the on-demand feature of missing inputs
+
+
+def test_metrics_expose_phase_latencies_with_the_model_version(client, world):
+    client.post("/rank", json={"user_id": "u1", "item_ids": ALL_ITEMS})
+    client.post("/rank", json={"user_id": "ghost", "item_ids": ALL_ITEMS})
+    text = client.get("/metrics").text
+    for phase in ("features", "model", "total"):
+        assert f'phase="{phase}"' in text
+    assert f'model_version="{world.tag_a}"' in text
+    assert "rank_request_seconds_bucket" in text
+    assert 'outcome="fallback"' in text
+
+
+def test_echo_is_the_same_contract_without_work(client):
+    assert client.post("/echo", json={"user_id": "u1", "item_ids": ["a", "b"]}).json() == {
+        "user_id": "u1",
+        "items": 2,
+    }
+    assert client.post("/echo", json={"user_id": "u1", "item_ids": []}).status_code == 400
+
+
+def test_hot_swap_under_load_fails_no_request(server, world):
+    """Promotion and rollback while 4 clients hammer /rank: every request answers 200,
+    and once the pointer moves, later requests report the new model within 5 s."""
+    import threading
+    import time
+
+    import httpx
+
+    from pipelines import registry
+
+    body = {"user_id": "u1", "item_ids": ALL_ITEMS, "k": 3}
+    results: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    resp = http.post(f"{server}/rank", json=body)
+                    version = (
+                        resp.json().get("model_version", "") if resp.status_code == 200 else ""
+                    )
+                    results.append((time.monotonic(), resp.status_code, version))
+                except httpx.HTTPError:
+                    results.append((time.monotonic(), 0, ""))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    promoted_at = time.monotonic()
+    registry.promote(world.tag_b, world.settings, reason="hot swap under load")
+    time.sleep(1.5)
+    rolled_back_at = time.monotonic()
+    registry.rollback(world.settings)
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+
+    assert len(results) / elapsed > 50, f"only {len(results) / elapsed:.0f} RPS"
+    assert [r for r in results if r[1] != 200] == []
+    versions = lambda lo, hi: {v for ts, _, v in results if lo < ts <= hi}  # noqa: E731
+    assert versions(started, promoted_at) == {world.tag_a}
+    assert versions(promoted_at + 0.5, rolled_back_at) == {world.tag_b}
+    assert versions(rolled_back_at + 0.5, elapsed + started) == {world.tag_a}
