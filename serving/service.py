@@ -8,10 +8,12 @@ rollback reaches a running server without a restart. Serving never trains.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,43 +100,64 @@ class _IdMap:
         return self.mapping
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded model; swapped as a whole, so a request never mixes two models."""
+
+    tag: str
+    booster: Any
+    metadata: dict[str, Any]
+    column_index: np.ndarray  # model column j = MODEL_FEATURES[column_index[j]]
+
+
 class _Model:
-    """The booster to serve: pinned by ``CR_MODEL_TAG`` or named by the production pointer."""
+    """The booster to serve: pinned by ``CR_MODEL_TAG`` or named by the production pointer.
+
+    A pointer change is loaded on a background thread while requests keep using the
+    current model; the swap is one reference assignment. Only the very first load
+    blocks, since there is nothing to serve before it.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pinned = os.environ.get(PINNED_TAG_ENV) or None
-        self.tag: str | None = None
-        self.booster = None
-        self.metadata: dict[str, Any] = {}
-        self.columns: list[str] = list(contracts.MODEL_FEATURES)
+        self.current: LoadedModel | None = None
         self.error: str | None = None
         self._pointer_key: tuple | None = ()
         self._lock = threading.Lock()
+        self._loading: str | None = None
 
-    def refresh(self) -> None:
-        """Load the wanted tag if it differs from the loaded one (cheap when nothing changed)."""
+    def refresh(self) -> LoadedModel | None:
+        """The model to use for this request (a stat() when nothing changed)."""
+        if self.pinned:
+            if self.current is None and self.error is None:
+                with self._lock:
+                    self._load(self.pinned)
+            return self.current
+        key = _stat_key(self.settings.production_pointer)
+        if key != self._pointer_key:
+            with self._lock:
+                if key != self._pointer_key:
+                    self._pointer_key = key
+                    self._follow_pointer()
+        return self.current
+
+    def _follow_pointer(self) -> None:
         from pipelines import registry
 
-        with self._lock:
-            if self.pinned:
-                if self.tag is None and self.error is None:
-                    self._load(self.pinned)
-                return
-            key = _stat_key(self.settings.production_pointer)
-            if key == self._pointer_key:
-                return
-            self._pointer_key = key
-            try:
-                tag = registry.production_tag(self.settings)
-            except (OSError, ValueError) as exc:  # a torn or hand-edited pointer
-                self.error = f"cannot read production pointer: {exc}"
-                log.error(self.error)
-                return
-            if tag is None:
-                self.error = "no production model: nothing has been promoted yet"
-            elif tag != self.tag:
-                self._load(tag)
+        try:
+            tag = registry.production_tag(self.settings)
+        except (OSError, ValueError) as exc:  # a torn or hand-edited pointer
+            self.error = f"cannot read production pointer: {exc}"
+            log.error(self.error)
+            return
+        if tag is None:
+            self.error = "no production model: nothing has been promoted yet"
+        elif self.current is None:
+            self._load(tag)
+        elif tag != self.current.tag and tag != self._loading:
+            self._loading = tag
+            threading.Thread(target=self._load, args=(tag,), daemon=True).start()
 
     def _load(self, tag: str) -> None:
         from pipelines import registry
@@ -148,14 +171,16 @@ class _Model:
                     f"model expects {booster.num_features()} features, metadata names "
                     f"{len(columns)}"
                 )
+            index = np.array([contracts.MODEL_FEATURES.index(c) for c in columns])
         except Exception as exc:  # keep serving the previous model, if any
             self.error = f"cannot load model {tag!r}: {exc}"
             log.exception("cannot load model %s", tag)
             return
-        self.tag, self.booster, self.columns = info["tag"], booster, list(columns)
-        self.metadata = info["metadata"]
+        finally:
+            self._loading = None
+        self.current = LoadedModel(info["tag"], booster, info["metadata"], index)
         self.error = None
-        log.info("serving model %s", self.tag)
+        log.info("serving model %s", tag)
 
 
 def _unavailable(message: str) -> JSONResponse:
@@ -200,10 +225,11 @@ class Ranker:
         self.model.refresh()
         if self.model.error:
             log.warning("%s", self.model.error)
+        gc.freeze()  # everything loaded so far is long-lived: keep it out of GC passes
 
     def __is_ready__(self) -> bool:
         self.model.refresh()
-        return self.model.booster is not None
+        return self.model.refresh() is not None
 
     @bentoml.api(input_spec=RankRequest, route="/rank")
     def rank(self, user_id: str, item_ids: list[str], k: int | None = None) -> RankResponse:
@@ -211,11 +237,10 @@ class Ranker:
         from pipelines.scoring import score
 
         started = time.perf_counter()
-        self.model.refresh()
-        model = self.model
-        if model.booster is None:
-            return _unavailable(model.error or "no model loaded")
-        tag, booster = model.tag, model.booster  # this request finishes on this model
+        model = self.model.refresh()  # this request finishes on this model
+        if model is None:
+            return _unavailable(self.model.error or "no model loaded")
+        tag = model.tag
 
         item_map, user_map = self.items.get(), self.users.get()
         requested = list(dict.fromkeys(item_ids))  # de-duplicated, order kept
@@ -228,7 +253,8 @@ class Ranker:
         if internal_user is None or not (batch.user_found or batch.user_stale):
             scores, fallback = batch.popularity, True
         else:
-            scores, fallback = score(booster, batch.matrix).astype("float64"), False
+            matrix = batch.matrix[:, model.column_index]
+            scores, fallback = score(model.booster, matrix).astype("float64"), False
         scores = np.where(np.isfinite(scores), scores, 0.0)
         order = np.argsort(-scores, kind="stable")[: k or None]
         done = time.perf_counter()
@@ -258,8 +284,8 @@ class Ranker:
     @bentoml.api(route="/model_version")
     def model_version(self) -> ModelVersionResponse:
         """The model serving right now, with a short lineage."""
-        self.model.refresh()
-        if self.model.booster is None:
+        model = self.model.refresh()
+        if model is None:
             return _unavailable(self.model.error or "no model loaded")
-        short = {k: v for k, v in self.model.metadata.items() if k != "feature_names"}
-        return ModelVersionResponse(model_version=self.model.tag, metadata=short)
+        short = {k: v for k, v in model.metadata.items() if k != "feature_names"}
+        return ModelVersionResponse(model_version=model.tag, metadata=short)
