@@ -238,7 +238,9 @@ def test_no_loadable_model_is_a_clear_503(world, monkeypatch):
     monkeypatch.setenv("CR_MODEL_TAG", "content_ranker:doesnotexist")
     ranker = Ranker.inner()
     assert ranker.__is_ready__() is False
-    for resp in (ranker.rank("u1", ["i1"]), ranker.model_version()):
+    import asyncio
+
+    for resp in (asyncio.run(ranker.rank("u1", ["i1"])), ranker.model_version()):
         assert resp.status_code == 503
         assert b"doesnotexist" in resp.body
 
