@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------
     serving_path: str = "fast"  # "fast" (in-memory items + one SQLite read) or "feast" (SDK)
     serving_clock: str = "data"  # TTL "now": "wall", or "data" = end of the last materialization
+    serving_predict_threads: int = 1
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 

@@ -165,6 +165,9 @@ class _Model:
 
         try:
             booster = registry.load_booster(tag, self.settings)
+            # One request is ~100 rows: OpenMP threads cost more than they save, and
+            # with several workers on few cores they fight each other.
+            booster.set_param({"nthread": self.settings.serving_predict_threads})
             info = registry.model_info(tag, self.settings)
             columns = info["metadata"].get("feature_names") or list(contracts.MODEL_FEATURES)
             if booster.num_features() != len(columns):
