@@ -21,7 +21,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run serve airflow test lint format bench-run rollback clean
+.PHONY: uv install airflow-db bootstrap dag run serve airflow test lint format bench-run bench-serve rollback clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -53,6 +53,11 @@ airflow: airflow-db
 
 rollback: install
 	$(CLI) rollback
+
+# Load the real server over loopback (fast, Feast-SDK and echo paths, hot swap);
+# writes benchmarks/results/serve.json. BENCH_ARGS=--quick for a short run.
+bench-serve: install
+	$(RUN) python -m benchmarks.serve_bench $(BENCH_ARGS)
 
 lint: install
 	$(RUN) ruff check .
