@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     serving_path: str = "fast"  # "fast" (in-memory items + one SQLite read) or "feast" (SDK)
     serving_clock: str = "data"  # TTL "now": "wall", or "data" = end of the last materialization
     serving_predict_threads: int = 1
+    serving_workers: int = 2  # measured: 1 worker holds p99 <= 10 ms to ~300 RPS, 2 to ~400
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 

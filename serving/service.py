@@ -143,6 +143,19 @@ class _Model:
                     self._follow_pointer()
         return self.current
 
+    def watch(self, every_s: float = 0.5) -> None:
+        """Follow the pointer in the background too, so an idle worker is never behind."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    self.refresh()
+                except Exception:  # never let the watcher die
+                    log.exception("model watcher")
+
+        threading.Thread(target=loop, name="model-watcher", daemon=True).start()
+
     def _follow_pointer(self) -> None:
         from pipelines import registry
 
@@ -206,7 +219,7 @@ OUTCOMES = bentoml.metrics.Counter(
 
 @bentoml.service(
     name="content_ranker",
-    workers=1,
+    workers=get_settings().serving_workers,
     threads=1,
     logging={"access": {"enabled": False}},
     traffic={"timeout": 30},
@@ -227,9 +240,25 @@ class Ranker:
         reader = {"fast": FastReader, "feast": SdkReader}[self.path]
         self.reader = reader(self.store, self.settings)
         self.model.refresh()
+        self.model.watch()
         if self.model.error:
             log.warning("%s", self.model.error)
-        gc.freeze()  # everything loaded so far is long-lived: keep it out of GC passes
+        self._warm_up()
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's passes. Full passes over the Feast/pandas heap were the 40-120 ms
+        # tail of /rank and /echo alike (make bench-serve).
+        gc.collect()
+        gc.freeze()
+
+    def _warm_up(self) -> None:
+        """Import and touch everything the first request would, before freezing the heap."""
+        from pipelines.scoring import score
+
+        batch = self.reader.read(None, [1, 2])
+        model = self.model.current
+        if model is not None:
+            score(model.booster, batch.matrix[:, model.column_index])
+        RankResponse(model_version="warm-up", items=[], unknown_item_ids=[], fallback=True)
 
     def __is_ready__(self) -> bool:
         self.model.refresh()

@@ -445,6 +445,13 @@ def test_hot_swap_under_load_fails_no_request(server, world):
                 except httpx.HTTPError:
                     results.append((time.monotonic(), 0, ""))
 
+    with httpx.Client() as http:  # every worker settled on tag_a (earlier tests swapped)
+        streak = 0
+        deadline = time.monotonic() + 10
+        while streak < 20 and time.monotonic() < deadline:
+            same = http.post(f"{server}/rank", json=body).json()["model_version"] == world.tag_a
+            streak = streak + 1 if same else 0
+            time.sleep(0.02)
     threads = [threading.Thread(target=client) for _ in range(4)]
     started = time.monotonic()
     for t in threads:
