@@ -131,6 +131,11 @@ class Pool:
             self.opened += 1
             return await self._open()
         conn = await self.idle.get()
+        if conn is not None and (conn.reader.at_eof() or conn.writer.is_closing()):
+            # The server closed it while idle (keep-alive timeout): reopen, as HTTP
+            # clients do, instead of counting the server's housekeeping as a failure.
+            conn.close()
+            conn = None
         return conn if conn is not None else await self._open()
 
     async def _open(self) -> Conn:
