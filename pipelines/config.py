@@ -56,6 +56,12 @@ class Settings(BaseSettings):
 
     # --- gate ------------------------------------------------------------------
     production_tolerance: float = 0.005  # candidate may trail production by this much NDCG@10
+    bootstrap_samples: int = 2000  # paired bootstrap of per-query NDCG@10 vs production
+    slice_cold_max: int = 20  # "cold" users: fewer past ratings than this
+    slice_heavy_min: int = 300  # "heavy" users: at least this many
+    slice_top_genres: int = 3  # slices by the user's strongest genre, for the top genres
+    slice_max_drop: float = 0.05  # NDCG@10 a slice may lose against production
+    slice_min_queries: int = 20  # smaller slices are reported, not gated
     infra_validate: bool = True
 
     # --- serving -----------------------------------------------------------------

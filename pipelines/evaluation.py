@@ -56,3 +56,23 @@ def baseline_scores(holdout: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     popularity = holdout[contracts.POPULARITY_FEATURE].astype(float).fillna(-1.0).to_numpy()
     return {"random": rng.random(len(holdout)), "popularity": popularity}
+
+
+def query_slices(
+    holdout: pd.DataFrame, cold_max: int, heavy_min: int, genres: list[str]
+) -> pd.DataFrame:
+    """Per query: the slices it belongs to, from the features the user had that day.
+
+    ``cold`` = fewer than ``cold_max`` past ratings (or none known), ``heavy`` = at least
+    ``heavy_min``; ``genre:<name>`` = the user's strongest genre, for the top genres.
+    """
+    first = holdout.groupby("query_id", sort=True).first()
+    past = first["user_cnt_all"].astype(float).fillna(0.0)
+    aff = first[contracts.USER_AFFINITY].astype(float).fillna(0.0).to_numpy()
+    top_slot = np.where(aff.sum(axis=1) > 0, aff.argmax(axis=1), -1)
+    out = pd.DataFrame(index=first.index)
+    out["cold"] = past < cold_max
+    out["heavy"] = past >= heavy_min
+    for slot, genre in enumerate(genres):
+        out[f"genre:{genre}"] = top_slot == slot
+    return out

@@ -186,6 +186,7 @@ def evaluate(logical_date: date) -> dict:
     import xgboost
 
     from pipelines import evaluation, registry, scoring
+    from pipelines.data import dataset_facts
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
@@ -203,21 +204,50 @@ def evaluate(logical_date: date) -> dict:
     for name, values in scores.items():
         pq = evaluation.per_query_metrics(holdout.assign(score=values), "score", settings.seed)
         metrics[name] = evaluation.summarise(pq)
-        per_query[name] = pq["ndcg@10"].to_numpy()
-    out = {"metrics": metrics, "production_tag": production}
-    pd.DataFrame(per_query).to_parquet(run_dir / "per_query_ndcg.parquet", index=False)
+        per_query[name] = pq.set_index("query_id")["ndcg@10"]
+    genres = dataset_facts(settings).get("genres", [])[: settings.slice_top_genres]
+    slices = evaluation.query_slices(
+        holdout, settings.slice_cold_max, settings.slice_heavy_min, genres
+    )
+    frame = pd.DataFrame(per_query).join(slices)
+    frame.reset_index().to_parquet(run_dir / "per_query_ndcg.parquet", index=False)
+    out = {"metrics": metrics, "production_tag": production, "slices": list(slices.columns)}
     write_json(run_dir / "evaluation.json", out)
     return out
 
 
 @stage("gate")
 def gate(logical_date: date) -> dict:
+    """Champion/challenger: popularity, production (mean and per-query significance), slices."""
     from pipelines.promotion import gate as decide
+    from pipelines.promotion import paired_bootstrap, slice_report
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
-    metrics = read_json(run_dir / "evaluation.json")["metrics"]
-    decision = decide(metrics, settings.production_tolerance)
+    evaluation = read_json(run_dir / "evaluation.json")
+    metrics = evaluation["metrics"]
+    per_query = pd.read_parquet(run_dir / "per_query_ndcg.parquet").set_index("query_id")
+    slices = per_query[evaluation.get("slices", [])].astype(bool)
+    significance = None
+    if metrics.get("production") is not None:
+        significance = paired_bootstrap(
+            per_query["model"].to_numpy(),
+            per_query["production"].to_numpy(),
+            settings.bootstrap_samples,
+            settings.seed,
+        )
+        report = slice_report(
+            per_query, slices, "production", settings.slice_max_drop, settings.slice_min_queries
+        )
+    else:  # no champion yet: slices are reported against popularity, not gated
+        report = slice_report(per_query, slices, "popularity", float("inf"), 1)
+    decision = decide(
+        metrics,
+        settings.production_tolerance,
+        significance=significance,
+        slices=report,
+    )
+    decision |= {"significance": significance, "slices": report}
     write_json(run_dir / "gate.json", decision)
     return decision
 
@@ -362,7 +392,12 @@ def summarize(logical_date: date | str, run_id: str) -> str:
             "data_docs": validation.get("data_docs"),
         },
         "metrics": evaluation.get("metrics"),
-        "gate": {"passed": gate_result.get("passed"), "reason": gate_result.get("reason")},
+        "gate": {
+            "passed": gate_result.get("passed"),
+            "reason": gate_result.get("reason"),
+            "significance": gate_result.get("significance"),
+            "slices": gate_result.get("slices"),
+        },
         "model_tag": read_json(run_dir / "register.json", {}).get("model_tag"),
         "promoted": bool(promotion.get("promoted", False)),
         "promotion_reason": promotion.get("reason"),

@@ -1,0 +1,97 @@
+"""Champion/challenger: per-query significance and slice regressions decide promotion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import contracts
+from pipelines.evaluation import query_slices
+from pipelines.promotion import gate, paired_bootstrap, slice_report
+
+
+def _metrics(model: float, production: float | None, popularity: float = 0.2) -> dict:
+    m = lambda v: {"ndcg@10": v, "map@10": v, "recall@10": v, "queries": 400}  # noqa: E731
+    return {
+        "model": m(model),
+        "popularity": m(popularity),
+        "production": m(production) if production is not None else None,
+    }
+
+
+@pytest.fixture
+def champion() -> np.ndarray:
+    return np.random.default_rng(1).uniform(0.2, 0.8, size=400)
+
+
+def test_slightly_worse_but_not_significantly_worse_is_promoted(champion):
+    rng = np.random.default_rng(2)
+    # Mean drop 0.003 under per-query noise of sd 0.1: the bound straddles 0.
+    challenger = champion - 0.003 + rng.normal(0, 0.1, champion.size)
+    sig = paired_bootstrap(challenger, champion, seed=0)
+    assert sig["mean_diff"] < 0 < sig["upper_95"]
+    assert sig["significantly_worse"] is False
+    decision = gate(_metrics(champion.mean() - 0.003, champion.mean()), 0.005, significance=sig)
+    assert decision["passed"] is True
+
+
+def test_much_worse_is_blocked_by_the_paired_test(champion):
+    rng = np.random.default_rng(3)
+    challenger = champion - 0.05 + rng.normal(0, 0.02, champion.size)
+    sig = paired_bootstrap(challenger, champion, seed=0)
+    assert sig["upper_95"] < 0 and sig["significantly_worse"] is True
+    assert sig["wilcoxon_p_less"] < 0.001
+    # Even with a loose mean tolerance, significance alone blocks it.
+    decision = gate(_metrics(champion.mean() - 0.05, champion.mean()), 0.1, significance=sig)
+    assert decision["passed"] is False
+    assert "significantly worse" in decision["reason"]
+
+
+def test_a_slice_regression_is_reported_and_blocks():
+    per_query = pd.DataFrame(
+        {"model": [0.9] * 30 + [0.2] * 30, "production": [0.8] * 30 + [0.5] * 30},
+        index=pd.RangeIndex(60, name="query_id"),
+    )
+    slices = pd.DataFrame(
+        {"heavy": [True] * 30 + [False] * 30, "cold": [False] * 30 + [True] * 30},
+        index=per_query.index,
+    )
+    report = slice_report(per_query, slices, "production", max_drop=0.05, min_queries=20)
+    by = {r["slice"]: r for r in report}
+    assert by["heavy"] == {
+        "slice": "heavy",
+        "queries": 30,
+        "model": 0.9,
+        "production": 0.8,
+        "regression": False,
+    }
+    assert by["cold"]["regression"] is True  # 0.5 -> 0.2
+    decision = gate(_metrics(0.55, 0.65), 0.5, slices=report)
+    assert decision["passed"] is False and "slice cold" in decision["reason"]
+    # A small slice is reported but does not gate.
+    small = slice_report(per_query, slices, "production", max_drop=0.05, min_queries=31)
+    assert not any(r["regression"] for r in small)
+
+
+def test_query_slices_from_the_users_features_that_day():
+    rows = []
+    for qid, (past, top) in enumerate([(5, 0), (500, 1), (50, 1), (float("nan"), -1)]):
+        aff = [0.0] * len(contracts.GENRE_SLOTS)
+        if top >= 0:
+            aff[top] = 1.0
+        for _ in range(2):  # two candidates per query, same user features
+            rows.append(
+                {
+                    "query_id": qid,
+                    "user_cnt_all": past,
+                    **dict(zip(contracts.USER_AFFINITY, aff, strict=True)),
+                }
+            )
+    slices = query_slices(
+        pd.DataFrame(rows), cold_max=20, heavy_min=300, genres=["Drama", "Comedy"]
+    )
+    assert slices["cold"].tolist() == [True, False, False, True]  # no history counts as cold
+    assert slices["heavy"].tolist() == [False, True, False, False]
+    assert slices["genre:Drama"].tolist() == [True, False, False, False]
+    assert slices["genre:Comedy"].tolist() == [False, True, True, False]
