@@ -5,7 +5,7 @@ Retrains the content-feed ranker for one day of interactions:
 
 ingest → validate (Great Expectations) → features (Spark) → materialize (Feast) →
 training set (Feast point-in-time join) → train (SparkXGBRanker) → evaluate →
-gate → register (BentoML) → infra-validate → promote → summary.
+monitor (skew, drift) → gate → register (BentoML) → infra-validate → promote → summary.
 
 Every task is one call into `pipelines.tasks` with the logical date; data moves
 through storage keyed by that date, so a re-run overwrites and never duplicates.
@@ -26,6 +26,20 @@ default_args = {
     "retries": 2,
     "retry_delay": timedelta(minutes=1),
 }
+
+
+def _without_retry(name: str, ds: str | None, run_id: str | None) -> dict:
+    """Run a task; a broken data contract fails it at once (retrying cannot fix the
+    data), after writing the run's summary."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines import tasks
+
+    try:
+        return getattr(tasks, name)(ds)
+    except tasks.ValidationFailed as failed:
+        tasks.summarize(ds, run_id)
+        raise AirflowFailException(str(failed)) from failed
 
 
 @dag(
@@ -55,21 +69,11 @@ def ranker_training():
 
     @task(retries=0)
     def validate(ds: str | None = None, run_id: str | None = None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from pipelines import tasks
-
-        try:
-            return tasks.validate(ds)
-        except tasks.ValidationFailed as failed:
-            tasks.summarize(ds, run_id)
-            raise AirflowFailException(str(failed)) from failed
+        return _without_retry("validate", ds, run_id)
 
     @task
-    def build_features(ds: str | None = None) -> dict:
-        from pipelines import tasks
-
-        return tasks.build_features(ds)
+    def build_features(ds: str | None = None, run_id: str | None = None) -> dict:
+        return _without_retry("build_features", ds, run_id)
 
     @task
     def materialize(ds: str | None = None) -> dict:
@@ -78,10 +82,8 @@ def ranker_training():
         return tasks.materialize(ds)
 
     @task
-    def build_training_set(ds: str | None = None) -> dict:
-        from pipelines import tasks
-
-        return tasks.build_training_set(ds)
+    def build_training_set(ds: str | None = None, run_id: str | None = None) -> dict:
+        return _without_retry("build_training_set", ds, run_id)
 
     @task
     def train(ds: str | None = None) -> dict:
@@ -94,6 +96,12 @@ def ranker_training():
         from pipelines import tasks
 
         return tasks.evaluate(ds)
+
+    @task
+    def monitor(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.monitor(ds)
 
     @task
     def gate(ds: str | None = None) -> dict:
@@ -133,6 +141,7 @@ def ranker_training():
         >> build_training_set()
         >> train()
         >> evaluate()
+        >> monitor()
         >> gate()
         >> register()
         >> infra_validate()

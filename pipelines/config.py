@@ -34,6 +34,21 @@ class Settings(BaseSettings):
     # --- validation ----------------------------------------------------------
     rating_min: float = 0.5
     rating_max: float = 5.0
+    max_duplicate_rate: float = (
+        0.0  # raw rows in a duplicated (user, item, timestamp); GE counts every copy
+    )
+    volume_min_ratio: float = (
+        0.2  # raw rows per batch day vs the mean of up to 7 previous partitions
+    )
+    volume_max_ratio: float = 5.0
+    max_unknown_item_share: float = 0.5  # raw rows whose item_id is not among the known items
+    max_feature_null_fraction: float = 0.05  # per feature column of the user/item feature tables
+    max_training_null_fraction: float = (
+        0.5  # per model feature; TTL-expired features are legitimately missing
+    )
+    min_positive_share: float = 0.01  # training rows with label > 0
+    max_positive_share: float = 0.9
+    validation_sample_rows: int = 200_000  # larger tables are validated on a seeded sample
 
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
@@ -68,6 +83,16 @@ class Settings(BaseSettings):
     serving_path: str = "fast"  # "fast" (in-memory items + one SQLite read) or "feast" (SDK)
     serving_clock: str = "data"  # TTL "now": "wall", or "data" = end of the last materialization
     serving_predict_threads: int = 1
+    serving_log_sample_rate: float = 0.02  # share of /rank requests whose features are logged
+    serving_log_max_mb: int = 20
+    serving_log_backups: int = 5
+    skew_max_mismatch: float = (
+        0.01  # share of served rows that may differ from offline, per feature
+    )
+    skew_rows: int = 5_000  # newest served rows compared per run
+    drift_max_psi: float = 1.0  # PSI (training window vs latest days) above this blocks promotion
+    drift_days: int = 30  # "latest days" of the holdout compared to the training window
+    drift_min_users: int = 100  # fewer recent users: drift is reported, not gated
     serving_workers: int = 2  # measured: 1 worker holds p99 <= 10 ms to ~300 RPS, 2 to ~400
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
@@ -108,6 +133,10 @@ class Settings(BaseSettings):
     @property
     def feast_dir(self) -> Path:
         return self.data_dir / "feast"
+
+    @property
+    def serving_log_dir(self) -> Path:
+        return self.data_dir / "serving_log"
 
     @property
     def gx_dir(self) -> Path:

@@ -109,8 +109,31 @@ def historical_features(
         chunk = keyed.iloc[start : start + chunk_rows]
         parts.append(store.get_historical_features(entity_df=chunk, features=service).to_df())
     joined = pd.concat(parts, ignore_index=True) if parts else keyed.iloc[:0]
+    missing = keyed[~keyed["_row"].isin(joined["_row"])]
+    if len(missing):
+        joined = pd.concat(
+            [joined, _rows_without_fresh_features(store, missing)], ignore_index=True
+        )
     joined = joined.sort_values("_row").drop(columns=["_row", "event_timestamp"])
     return joined.rename(columns={"_ts": "event_timestamp"}).reset_index(drop=True)
+
+
+def _rows_without_fresh_features(store: FeatureStore, missing: pd.DataFrame) -> pd.DataFrame:
+    """The file store drops an entity row whose entity has feature rows but none inside
+    ``[t - ttl, t]`` (a brand-new item, a user gone quiet), where a point-in-time join must
+    return nulls. Such rows are joined view by view and the on-demand feature computed
+    with the same function Feast runs, so no training or holdout row is lost."""
+    out = missing.copy()
+    for view, key, features in (
+        (contracts.USER_VIEW, "user_id", contracts.USER_FEATURES),
+        (contracts.ITEM_VIEW, "item_id", contracts.ITEM_FEATURES),
+    ):
+        refs = [f"{view}:{f}" for f in features]
+        got = store.get_historical_features(
+            entity_df=missing[["_row", key, "event_timestamp"]], features=refs
+        ).to_df()
+        out = out.merge(got[["_row", *features]], on="_row", how="left")
+    return out.assign(**contracts.genre_match(out))
 
 
 def online_features(

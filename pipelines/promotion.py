@@ -12,6 +12,7 @@ def gate(
     metric: str = "ndcg@10",
     significance: dict | None = None,
     slices: list[dict] | None = None,
+    extra_checks: list[dict] | None = None,
 ) -> dict:
     """Pass iff every check passes:
 
@@ -19,7 +20,8 @@ def gate(
     - it trails production by at most ``tolerance`` on the mean;
     - it is not significantly worse than production per query (``significance``,
       from :func:`paired_bootstrap`), when given;
-    - no slice regresses (``slices``, from :func:`slice_report`), when given.
+    - no slice regresses (``slices``, from :func:`slice_report`), when given;
+    - every ``extra_checks`` entry passed (skew and drift, from pipelines.monitoring).
     """
     model = metrics["model"][metric]
     popularity = metrics["popularity"][metric]
@@ -56,6 +58,7 @@ def gate(
                 "detail": f"{row}",
             }
         )
+    checks.extend(extra_checks or [])
     failed = [c for c in checks if not c["passed"]]
     reason = (
         "; ".join(f"failed: {c['check']} ({c['detail']})" for c in failed)

@@ -42,16 +42,27 @@ def ingest(logical_date: date, backfill_from: str | None = None) -> dict:
 @stage("validate")
 def validate(logical_date: date) -> dict:
     """Run the raw-data contract on this run's partitions; quarantine them if it fails."""
+    from pipelines import ids
     from pipelines.data import partition_path
-    from pipelines.ingest import read_partitions
+    from pipelines.ingest import lake_days, read_partitions
     from pipelines.validation import failure_message, quarantine_partition, validate_interactions
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
     days = [date.fromisoformat(d) for d in read_json(run_dir / "ingest.json")["partitions"]]
     frame = read_partitions(settings, days)
+    # Volume is judged against the partitions just before this batch; item ids against
+    # the catalogue built from everything validated so far (none on bootstrap).
+    earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
+    trailing = [len(read_partitions(settings, [d])) for d in earlier]
+    known = ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"]
     result = validate_interactions(
-        frame, partition_dates=days, settings=settings, run_name=f"raw-{logical_date}"
+        frame,
+        partition_dates=days,
+        settings=settings,
+        run_name=f"raw-{logical_date}",
+        trailing_daily_rows=trailing or None,
+        known_item_ids=set(known.astype(str)) or None,
     )
     write_json(run_dir / "validation.json", result)
     if not result["passed"]:
@@ -64,10 +75,21 @@ def validate(logical_date: date) -> dict:
 @stage("features")
 def build_features(logical_date: date) -> dict:
     from pipelines.features import build_features as compute
+    from pipelines.validation import failure_message, validate_features
 
     settings = get_settings()
     out = compute(logical_date, settings)
+    results = {}
+    for kind in ("user", "item"):
+        table = pd.read_parquet(settings.offline_dir / f"{kind}_features")
+        results[kind] = validate_features(
+            table, kind=kind, settings=settings, run_name=f"{kind}-features-{logical_date}"
+        )
+    write_json(settings.run_dir(logical_date) / "features_validation.json", results)
     write_json(settings.run_dir(logical_date) / "features.json", out)
+    failed = [r for r in results.values() if not r["passed"]]
+    if failed:  # nothing is materialized from a table that broke its contract
+        raise ValidationFailed(" ".join(failure_message(r) for r in failed))
     return out
 
 
@@ -95,6 +117,7 @@ def build_training_set(logical_date: date) -> dict:
     from pipelines import feature_store, ids
     from pipelines.ingest import read_lake
     from pipelines.training_set import build_queries, dataset_hash, day_bounds
+    from pipelines.validation import failure_message, validate_training_set
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
@@ -143,6 +166,12 @@ def build_training_set(logical_date: date) -> dict:
     holdout_set = joined[joined["split"] == "holdout"].drop(columns="split")
     train_set.to_parquet(run_dir / "training_set.parquet", index=False)
     holdout_set.to_parquet(run_dir / "holdout.parquet", index=False)
+    checked = validate_training_set(
+        train_set, settings=settings, run_name=f"training-{logical_date}"
+    )
+    write_json(run_dir / "training_set_validation.json", checked)
+    if not checked["passed"]:
+        raise ValidationFailed(failure_message(checked))
     out = {
         "train_rows": len(train_set),
         "train_queries": int(train_set["query_id"].nunique()),
@@ -216,6 +245,55 @@ def evaluate(logical_date: date) -> dict:
     return out
 
 
+@stage("monitor")
+def monitor(logical_date: date) -> dict:
+    """Training-serving skew (served log vs offline, same keys and time) and feature drift
+    (PSI, training window vs the latest holdout days)."""
+    from pipelines import feature_store
+    from pipelines.monitoring import MONITORED_FEATURES, drift_report, read_served, skew_report
+
+    settings = get_settings()
+    run_dir = settings.run_dir(logical_date)
+    served = read_served(settings.serving_log_dir, settings.skew_rows)
+    skew = None
+    if len(served):
+        entities = served[["user_id", "item_id", "event_timestamp"]].astype(
+            {"user_id": "int64", "item_id": "int64"}
+        )
+        offline = feature_store.historical_features(settings, entities)
+        skew = skew_report(served, offline, MONITORED_FEATURES)
+    columns = [*MONITORED_FEATURES, "day", "user_id", "item_id"]
+    train = pd.read_parquet(run_dir / "training_set.parquet", columns=columns)
+    holdout = pd.read_parquet(run_dir / "holdout.parquet", columns=columns)
+    latest = holdout[holdout["day"] > holdout["day"].max() - settings.drift_days]
+    # One row per user (their latest) and per item-day: a query repeats its user's row
+    # for every candidate, and a few very active users would otherwise be the sample.
+    drift: dict[str, float] = {}
+    for key, features in (
+        ("user_id", contracts.USER_FEATURES),
+        (["item_id", "day"], contracts.ITEM_FEATURES),
+    ):
+        drift |= drift_report(
+            train.sort_values("day").drop_duplicates(key, keep="last"),
+            latest.sort_values("day").drop_duplicates(key, keep="last"),
+            features,
+        )
+    out = {
+        "skew": skew,
+        "drift_psi": drift,
+        "drift_rows": {
+            "train_users": int(train["user_id"].nunique()),
+            "latest_users": int(latest["user_id"].nunique()),
+        },
+    }
+    write_json(run_dir / "monitoring.json", out)
+    return {
+        "served_rows": skew["rows"] if skew else 0,
+        "max_mismatch": max(skew["mismatch_rate"].values()) if skew else None,
+        "max_psi": max(drift.values()) if drift else None,
+    }
+
+
 @stage("gate")
 def gate(logical_date: date) -> dict:
     """Champion/challenger: popularity, production (mean and per-query significance), slices."""
@@ -241,11 +319,22 @@ def gate(logical_date: date) -> dict:
         )
     else:  # no champion yet: slices are reported against popularity, not gated
         report = slice_report(per_query, slices, "popularity", float("inf"), 1)
+    from pipelines.monitoring import monitoring_checks
+
+    monitoring = read_json(run_dir / "monitoring.json", {})
     decision = decide(
         metrics,
         settings.production_tolerance,
         significance=significance,
         slices=report,
+        extra_checks=monitoring_checks(
+            monitoring.get("skew"),
+            monitoring.get("drift_psi"),
+            settings.skew_max_mismatch,
+            settings.drift_max_psi,
+            monitoring.get("drift_rows", {}).get("latest_users"),
+            settings.drift_min_users,
+        ),
     )
     decision |= {"significance": significance, "slices": report}
     write_json(run_dir / "gate.json", decision)
@@ -379,6 +468,11 @@ def summarize(logical_date: date | str, run_id: str) -> str:
     run_dir = settings.run_dir(day)
     facts = dataset_facts(settings)
     validation = read_json(run_dir / "validation.json", {})
+    suites = dict(validation.get("suites", {}))
+    for extra in ("features_validation.json", "training_set_validation.json"):
+        found = read_json(run_dir / extra, {})
+        for result in found.values() if extra.startswith("features") else [found]:
+            suites |= result.get("suites", {}) if result else {}
     evaluation = read_json(run_dir / "evaluation.json", {})
     gate_result = read_json(run_dir / "gate.json", {})
     promotion = read_json(run_dir / "promotion.json", {})
@@ -387,8 +481,8 @@ def summarize(logical_date: date | str, run_id: str) -> str:
         "logical_date": day.isoformat(),
         "dataset": {k: facts[k] for k in ("name", "rows", "users", "items")},
         "validation": {
-            "passed": validation.get("passed"),
-            "suites": validation.get("suites", {}),
+            "passed": validation.get("passed") and all(v.get("success") for v in suites.values()),
+            "suites": suites,
             "data_docs": validation.get("data_docs"),
         },
         "metrics": evaluation.get("metrics"),
@@ -403,7 +497,12 @@ def summarize(logical_date: date | str, run_id: str) -> str:
         "promotion_reason": promotion.get("reason"),
         "infra_validation": read_json(run_dir / "infra_validation.json"),
         "training_set": read_json(run_dir / "training_set.json"),
+        "monitoring": read_json(run_dir / "monitoring.json"),
         "timings_s": read_json(run_dir / "timings.json", {}),
+        "report": str(run_dir / "report.html"),
     }
     path = write_json(run_dir / "summary.json", summary)
+    from pipelines.report import write_report
+
+    write_report(run_dir)
     return str(path)

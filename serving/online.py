@@ -43,6 +43,7 @@ class FeatureBatch:
     user_found: bool  # the user has a (fresh) row online
     user_stale: bool  # the user's row exists but is older than the view's TTL
     item_stale: np.ndarray  # bool [n]
+    now: float = 0.0  # the feature time the TTLs were checked at
 
     @property
     def popularity(self) -> np.ndarray:
@@ -117,7 +118,7 @@ def assemble(
         matrix[0, AFF_IDX] if n else user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
     )
     found = user_ts > 0 and not user_stale
-    return FeatureBatch(matrix, found, user_stale, item_stale)
+    return FeatureBatch(matrix, found, user_stale, item_stale, now)
 
 
 class SdkReader:
@@ -243,3 +244,52 @@ def _ts_seconds(ts: Any) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(str(ts)).timestamp()
+
+
+class ServedLog:
+    """A sample of the feature rows actually served, for the training-serving skew check.
+
+    JSON lines, one file per worker process, rotated by size (``RotatingFileHandler``).
+    Each sampled request logs up to ``rows_per_request`` rows with the keys, the feature
+    time the TTLs were checked at, and every model input as served.
+    """
+
+    def __init__(self, settings: Settings, rows_per_request: int = 5):
+        import logging
+        import random
+        from logging.handlers import RotatingFileHandler
+
+        self.rate = settings.serving_log_sample_rate
+        self.rows = rows_per_request
+        self._random = random.Random()
+        self.logger = logging.getLogger(f"content_ranker.served.{os.getpid()}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        if self.rate > 0 and not self.logger.handlers:
+            settings.serving_log_dir.mkdir(parents=True, exist_ok=True)
+            handler = RotatingFileHandler(
+                settings.serving_log_dir / f"served-{os.getpid()}.jsonl",
+                maxBytes=settings.serving_log_max_mb * 1_000_000,
+                backupCount=settings.serving_log_backups,
+            )
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(handler)
+
+    def maybe_log(self, user_id: int, item_ids: list[int], batch: FeatureBatch, model: str) -> None:
+        if self.rate <= 0 or self._random.random() >= self.rate:
+            return
+        served_at = time.time()
+        for row in range(min(self.rows, len(item_ids))):
+            values = batch.matrix[row].tolist()
+            record = {
+                "user_id": user_id,
+                "item_id": item_ids[row],
+                "feature_time": batch.now,
+                "served_at": served_at,
+                "model_version": model,
+                **{
+                    f: (None if v != v else v)  # NaN -> null
+                    for f, v in zip(contracts.MODEL_FEATURES, values, strict=True)
+                },
+            }
+            self.logger.info(json.dumps(record))

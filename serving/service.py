@@ -229,7 +229,7 @@ class Ranker:
 
     def __init__(self) -> None:
         from pipelines.feature_store import open_store
-        from serving.online import FastReader, SdkReader
+        from serving.online import FastReader, SdkReader, ServedLog
 
         self.settings = get_settings()
         self.store = open_store(self.settings)
@@ -239,6 +239,7 @@ class Ranker:
         self.path = self.settings.serving_path
         reader = {"fast": FastReader, "feast": SdkReader}[self.path]
         self.reader = reader(self.store, self.settings)
+        self.served_log = ServedLog(self.settings)
         self.model.refresh()
         self.model.watch()
         if self.model.error:
@@ -291,6 +292,7 @@ class Ranker:
         if internal_user is None or not (batch.user_found or batch.user_stale):
             scores, fallback = batch.popularity, True
         else:
+            self.served_log.maybe_log(internal_user, [item_map[i] for i in known], batch, tag)
             matrix = batch.matrix[:, model.column_index]
             scores, fallback = score(model.booster, matrix).astype("float64"), False
         scores = np.where(np.isfinite(scores), scores, 0.0)

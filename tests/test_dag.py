@@ -16,6 +16,7 @@ EXPECTED_CHAIN = [
     "build_training_set",
     "train",
     "evaluate",
+    "monitor",
     "gate",
     "register",
     "infra_validate",

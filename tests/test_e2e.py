@@ -180,6 +180,7 @@ def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server
     before = _pointer(world)["tag"]
     landed = world.settings.landing_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
     part = pd.read_parquet(landed)
+    part.to_parquet(world.settings.data_dir / "good-last-day.parquet", index=False)
     part.loc[part.index[:1], "user_id"] = None
     part.loc[part.index[-1:], "rating"] = 7.0
     part.to_parquet(landed, index=False)
@@ -209,6 +210,22 @@ def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server
     assert _pointer(world)["tag"] == before
     resp = httpx.post(f"{server}/rank", json=_holdout_request(world), timeout=30)
     assert resp.status_code == 200 and resp.json()["model_version"] == before
+
+
+def test_a_corrected_partition_is_reingested_cleanly(world, monkeypatch):
+    from pipelines import config, tasks
+
+    landed = world.settings.landing_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+    (world.settings.data_dir / "good-last-day.parquet").replace(landed)  # upstream re-delivers
+    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
+    config.get_settings.cache_clear()
+    try:
+        assert tasks.ingest(world.last_day)["partitions"] == 1
+        assert tasks.validate(world.last_day)["passed"] is True
+        raw = world.settings.raw_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+        pd.testing.assert_frame_equal(pd.read_parquet(raw), pd.read_parquet(landed))
+    finally:
+        config.get_settings.cache_clear()
 
 
 def test_worse_challenger_is_not_promoted(world, monkeypatch):
@@ -264,4 +281,46 @@ def test_rerunning_a_date_reproduces_features_and_online_store(world, monkeypatc
             pd.testing.assert_frame_equal(pd.read_parquet(offline / name), frame)
         assert _online_rows(world.settings) == online_before
     finally:
+        config.get_settings.cache_clear()
+
+
+def test_served_feature_skew_is_detected_and_blocks_promotion(world, monkeypatch):
+    """The server logs what it served; serving from a stale item table shows up as skew."""
+    from pipelines import config, tasks
+    from pipelines.feature_store import open_store
+    from serving.online import FastReader, ServedLog
+
+    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
+    monkeypatch.setenv("CR_SERVING_LOG_SAMPLE_RATE", "1.0")
+    config.get_settings.cache_clear()
+    try:
+        settings = config.get_settings()
+        holdout = pd.read_parquet(settings.run_dir(world.first_run) / "holdout.parquet")
+        pairs = holdout.groupby("query_id").head(5)[["user_id", "item_id"]].to_numpy()[:200]
+        monkeypatch.setenv("CR_SKEW_ROWS", str(len(pairs)))  # compare exactly the last phase
+        config.get_settings.cache_clear()
+        settings = config.get_settings()
+        reader, log = FastReader(open_store(settings), settings), ServedLog(settings)
+
+        def serve_all() -> None:
+            for user, item in pairs:
+                log.maybe_log(int(user), [int(item)], reader.read(int(user), [int(item)]), "t")
+
+        serve_all()  # what the fresh online store serves matches offline
+        assert tasks.monitor(world.first_run)["max_mismatch"] == 0.0
+
+        # Stale table: the popularity the server holds is a day behind (shifted values).
+        col = reader.items[:, 0].copy()
+        reader.items[:, 0] = col + 1.0
+        reader.refresh = lambda: False  # keep the stale table in memory
+        serve_all()
+        summary = tasks.monitor(world.first_run)
+        assert summary["max_mismatch"] > 0.5
+        tasks.evaluate(world.first_run)
+        decision = tasks.gate(world.first_run)
+        assert decision["passed"] is False
+        assert "skew" in decision["reason"] and "item_pop_7d" in decision["reason"]
+    finally:
+        for path in world.settings.serving_log_dir.glob("served*"):
+            path.unlink()
         config.get_settings.cache_clear()

@@ -115,3 +115,26 @@ def test_materialize_then_online_read_returns_the_latest_rows(store_settings):
     feature_store.materialize(store_settings, DAY[0], DAY[4] + timedelta(seconds=1))
     again = feature_store.online_features(store_settings, 1, [1, 2])
     assert again["item_pop_all"].tolist() == [11.0, 21.0]
+
+
+def test_rows_without_fresh_features_are_kept_with_nulls(store_settings):
+    """An item first seen after the query time, and a user with no row at all: the row
+    stays, with missing values where there is nothing to join (a real PIT join)."""
+    from pipelines import feature_store
+
+    feature_store.apply(store_settings)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [1, 1, 7],
+            "item_id": [1, 1, 2],
+            # before any snapshot of item 1 (day 1 00:00 minus a day); day 2; day 2
+            "event_timestamp": [DAY[0] - timedelta(days=1), DAY[1], DAY[1]],
+            "label": [4.0, 5.0, 1.0],
+        }
+    )
+    out = feature_store.historical_features(store_settings, entity_df)
+    assert out["label"].tolist() == [4.0, 5.0, 1.0]
+    assert out[contracts.USER_FEATURES].iloc[0].isna().all()  # user 1 not yet seen either
+    np.testing.assert_allclose(out["item_pop_all"].iloc[1:], [10.0, 20.0])
+    assert out[contracts.USER_FEATURES].iloc[2].isna().all()  # user 7 never seen
+    assert pd.isna(out["genre_match"].iloc[0]) and pd.isna(out["genre_match"].iloc[2])

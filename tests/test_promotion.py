@@ -95,3 +95,28 @@ def test_query_slices_from_the_users_features_that_day():
     assert slices["heavy"].tolist() == [False, True, False, False]
     assert slices["genre:Drama"].tolist() == [True, False, False, False]
     assert slices["genre:Comedy"].tolist() == [False, True, True, False]
+
+
+def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift():
+    from pipelines.monitoring import psi
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, 5000)
+    assert psi(base, rng.normal(0, 1, 5000)) < 0.02
+    assert psi(base, rng.normal(1.5, 1, 5000)) > 1.0
+    # Values turning missing is drift too (NaN has its own bin).
+    assert psi(base, np.full(5000, np.nan)) > 1.0
+
+
+def test_skew_report_and_checks_name_the_skewed_feature():
+    from pipelines.monitoring import monitoring_checks, skew_report
+
+    offline = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], "b": [0.5, 0.5, 0.5, 0.5]})
+    served = offline.assign(b=[0.5, 0.7, 0.5, 0.5])  # one of four rows differs
+    report = skew_report(served, offline, ["a", "b"])
+    assert report == {"rows": 4, "mismatch_rate": {"a": 0.0, "b": 0.25}}
+    checks = monitoring_checks(report, {"a": 0.1, "b": 2.0}, max_mismatch=0.01, max_psi=1.0)
+    assert [c["passed"] for c in checks] == [False, False]
+    assert "b: 25.00%" in checks[0]["detail"] and "b: PSI 2.000" in checks[1]["detail"]
+    decision = gate(_metrics(0.5, None), 0.005, extra_checks=checks)
+    assert decision["passed"] is False and "skew" in decision["reason"]

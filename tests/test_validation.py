@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from pipelines.config import Settings
-from pipelines.validation import failure_message, quarantine_partition, validate_interactions
+from pipelines.contracts import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
+from pipelines.validation import (
+    failure_message,
+    quarantine_partition,
+    validate_features,
+    validate_interactions,
+    validate_training_set,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +59,8 @@ def test_good_partition_passes_and_builds_data_docs(settings: Settings) -> None:
     assert result["passed"] is True
     suite = result["suites"]["raw_interactions"]
     assert suite["success"] and suite["failed_expectations"] == []
-    assert suite["evaluated"] == suite["successful"] == 10
+    # 10 original expectations + "no timestamp after now", which is always on.
+    assert suite["evaluated"] == suite["successful"] == 11
     assert result["rows"] == 20 and result["partitions"] == ["2025-01-02"]
     index = Path(result["data_docs"])
     assert index.is_absolute() and index.is_file()
@@ -194,3 +202,275 @@ def test_renamed_column_message_is_readable(settings: Settings) -> None:
     message = failure_message(_validate(_renamed(good_partition()), settings))
     assert "expect_table_columns_to_match_set" in message
     assert 'column "rating"' in message and "Traceback" not in message
+
+
+# --- raw interactions: freshness, volume, unknown items, duplicate rate ----------------
+
+
+def _raw_checks(result: dict) -> dict[str, dict]:
+    failed = result["suites"]["raw_interactions"]["failed_expectations"]
+    return {f["check"]: f for f in failed if "check" in f}
+
+
+def test_future_timestamps_fail_against_a_pinned_now(settings: Settings) -> None:
+    df = good_partition()  # hourly from 00:00 to 19:00
+    now = DAY_START + 10 * 3600 + 30 * 60
+
+    late = _validate_with(df, settings, now=now)
+    on_time = _validate_with(df, settings, now=DAY_START + 19 * 3600)
+
+    assert late["passed"] is False
+    assert _failed_types(late) == {"expect_column_max_to_be_between"}
+    future = _raw_checks(late)["no_future"]
+    assert future["column"] == "timestamp" and future["observed_value"] == DAY_START + 19 * 3600
+    assert on_time["passed"] is True
+    assert "[no_future] on timestamp" in failure_message(late)
+
+
+def _validate_with(df: pd.DataFrame, settings: Settings, **kwargs: object) -> dict:
+    return validate_interactions(
+        df, partition_dates=[DAY], settings=settings, run_name="checks", **kwargs
+    )
+
+
+def test_volume_drop_against_the_trailing_mean_fails(settings: Settings) -> None:
+    trailing = [190, 200, 210, 200, 200, 195, 205]  # mean 200; the partition has 20 rows (10 %)
+
+    dropped = _validate_with(good_partition(), settings, trailing_daily_rows=trailing)
+    normal = _validate_with(good_partition(), settings, trailing_daily_rows=[20, 18, 22])
+    spike = _validate_with(good_partition(), settings, trailing_daily_rows=[3, 4])
+
+    assert dropped["passed"] is False
+    assert _failed_types(dropped) == {"expect_table_row_count_to_be_between"}
+    volume = _raw_checks(dropped)["volume_vs_trailing_mean"]
+    assert volume["observed_value"] == 20
+    assert normal["passed"] is True
+    assert normal["suites"]["raw_interactions"]["evaluated"] == 12
+    assert spike["passed"] is False and "volume_vs_trailing_mean" in _raw_checks(spike)
+    # Same gx_dir, no trailing counts: the stored suite goes back to the default one.
+    assert _validate(good_partition(), settings)["suites"]["raw_interactions"]["evaluated"] == 11
+
+
+def test_volume_bounds_are_inclusive_and_per_day(settings: Settings) -> None:
+    # 0.2 * 100 = 20.000000000000004 in floats: exactly 20 rows must still pass.
+    assert _validate_with(good_partition(), settings, trailing_daily_rows=[100])["passed"]
+    next_day = good_partition()
+    next_day["timestamp"] += 86_400
+    next_day["partition_date"] = "2025-01-03"
+    both = pd.concat([good_partition(), next_day], ignore_index=True)
+    days = [DAY, date(2025, 1, 3)]
+
+    # 40 rows over 2 days = 20 a day: fine against a mean of 20, a drop against 200.
+    ok = validate_interactions(
+        both, partition_dates=days, settings=settings, run_name="v", trailing_daily_rows=[20]
+    )
+    low = validate_interactions(
+        both, partition_dates=days, settings=settings, run_name="v", trailing_daily_rows=[200]
+    )
+    assert ok["passed"] is True and low["passed"] is False
+
+
+def test_unknown_items_fail_above_the_tolerated_share(settings: Settings) -> None:
+    df = good_partition()  # items i0..i19
+    mostly_unknown = {f"i{i}" for i in range(8)}  # 12 of 20 rows unknown: 60 %
+    half_known = {f"i{i}" for i in range(10)} | {"not-in-the-batch"}  # 50 %: tolerated
+
+    bad = _validate_with(df, settings, known_item_ids=mostly_unknown)
+    ok = _validate_with(df, settings, known_item_ids=half_known)
+
+    assert bad["passed"] is False
+    assert _failed_types(bad) == {"expect_column_values_to_be_in_set"}
+    unknown = _raw_checks(bad)["unknown_item_share"]
+    assert unknown["column"] == "item_known" and unknown["unexpected_count"] == 12
+    assert ok["passed"] is True
+    # An empty set means "no catalogue known yet": the check is off, as without the argument.
+    assert _validate_with(df, settings, known_item_ids=set())["passed"] is True
+
+
+def test_duplicate_rate_threshold_comes_from_settings(tmp_path: Path) -> None:
+    df = pd.concat([good_partition(), good_partition().iloc[:1]], ignore_index=True)
+    strict = Settings(data_dir=tmp_path / "strict")
+    # GE counts both rows of a duplicated key: 2 of 21 rows, about 9.5 %.
+    lenient = Settings(data_dir=tmp_path / "lenient")
+    object.__setattr__(lenient, "max_duplicate_rate", 0.1)
+
+    assert "expect_compound_columns_to_be_unique" in _failed_types(_validate_with(df, strict))
+    assert _validate_with(df, lenient)["passed"] is True
+
+
+# --- feature tables -------------------------------------------------------------------
+
+
+def good_features(kind: str, keys: int = 6, days: int = 3) -> pd.DataFrame:
+    """A small feature table shaped like the Spark output (int64 key, float32 features)."""
+    key = f"{kind}_id"
+    features = USER_FEATURES if kind == "user" else ITEM_FEATURES
+    n = keys * days
+    frame = pd.DataFrame(
+        {
+            key: pd.Series([k for k in range(keys) for _ in range(days)], dtype="int64"),
+            "event_timestamp": pd.to_datetime(
+                [(20_000 + d) * 86_400 for _ in range(keys) for d in range(days)],
+                unit="s",
+                utc=True,
+            ),
+        }
+    )
+    for name in features:
+        if "rating" in name:
+            values = [1.0 + (i % 8) * 0.5 for i in range(n)]
+        elif "_aff_" in name or "_genre_" in name:
+            values = [(i % 5) / 4 for i in range(n)]
+        else:
+            values = [float(i % 7) for i in range(n)]
+        frame[name] = pd.Series(values, dtype="float32")
+    return frame
+
+
+def _feature_failures(result: dict, kind: str) -> set[tuple[str, str]]:
+    failed = result["suites"][f"{kind}_features"]["failed_expectations"]
+    return {(f["expectation"], f["column"]) for f in failed}
+
+
+@pytest.mark.parametrize("kind", ["user", "item"])
+def test_good_feature_table_passes(settings: Settings, kind: str) -> None:
+    result = validate_features(good_features(kind), kind=kind, settings=settings, run_name="f")
+
+    suite = result["suites"][f"{kind}_features"]
+    assert result["passed"] is True, suite["failed_expectations"]
+    assert suite["evaluated"] == suite["successful"] > 40
+    assert result["rows"] == result["validated_rows"] == 18
+    assert Path(result["data_docs_page"]).is_file()
+    json.dumps(result)
+
+
+def test_feature_table_fails_on_nulls_and_out_of_range(settings: Settings) -> None:
+    frame = good_features("user")
+    frame.loc[:2, "user_mean_rating"] = float("nan")  # 3 of 18 rows: 17 % > 5 %
+    frame.loc[0, "user_aff_g03"] = 1.5
+    frame.loc[1, "user_cnt_7d"] = -1.0
+    frame.loc[2, "user_days_since_last"] = -2.0
+    frame.loc[5, "user_id"] = None  # the key column turns float; still a null key
+
+    result = validate_features(frame, kind="user", settings=settings, run_name="bad")
+
+    assert result["passed"] is False
+    assert _feature_failures(result, "user") >= {
+        ("expect_column_values_to_not_be_null", "user_mean_rating"),
+        ("expect_column_values_to_not_be_null", "user_id"),
+        ("expect_column_values_to_be_between", "user_aff_g03"),
+        ("expect_column_values_to_be_between", "user_cnt_7d"),
+        ("expect_column_values_to_be_between", "user_days_since_last"),
+    }
+    assert "user_features: expect_column_values_to_not_be_null on user_mean_rating (3 of 18" in (
+        failure_message(result)
+    )
+
+
+def test_item_feature_table_fails_on_duplicate_keys_and_ratings(settings: Settings) -> None:
+    frame = good_features("item")
+    frame.loc[3, "item_mean_rating"] = 6.0
+    frame = pd.concat([frame, frame.iloc[:1]], ignore_index=True)
+
+    result = validate_features(frame, kind="item", settings=settings, run_name="bad")
+
+    assert _feature_failures(result, "item") == {
+        ("expect_column_values_to_be_between", "item_mean_rating"),
+        ("expect_compound_columns_to_be_unique", "item_id,event_timestamp"),
+    }
+
+
+def test_empty_or_sampled_feature_table(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    empty = validate_features(
+        good_features("item").iloc[:0], kind="item", settings=settings, run_name="empty"
+    )
+    assert empty["passed"] is False
+    assert ("expect_column_unique_value_count_to_be_between", "item_id") in _feature_failures(
+        empty, "item"
+    )
+    object.__setattr__(settings, "validation_sample_rows", 10)
+    sampled = validate_features(
+        good_features("item"), kind="item", settings=settings, run_name="sampled"
+    )
+    assert sampled["passed"] is True
+    assert (sampled["rows"], sampled["validated_rows"]) == (18, 10)
+
+
+# --- training set ---------------------------------------------------------------------
+
+
+def good_training_set(queries: int = 4, candidates: int = 5) -> pd.DataFrame:
+    """``queries`` queries of one positive (label 4) and ``candidates - 1`` negatives."""
+    rows = []
+    for q in range(queries):
+        for c in range(candidates):
+            rows.append(
+                {
+                    "query_id": q,
+                    "user_id": q % 3,
+                    "item_id": 100 + c,
+                    "label": 4.0 if c == 0 else 0.0,
+                    "day": 20_000 + q,
+                    "event_timestamp": pd.Timestamp((20_000 + q) * 86_400, unit="s", tz="UTC"),
+                }
+            )
+    frame = pd.DataFrame(rows).astype({"query_id": "int64", "user_id": "int64", "item_id": "int64"})
+    for i, name in enumerate(MODEL_FEATURES):
+        frame[name] = pd.Series([(i + r) % 3 / 2 for r in range(len(frame))], dtype="float32")
+    frame.loc[:4, USER_FEATURES] = float("nan")  # one query past the TTL: legitimately missing
+    return frame
+
+
+def _training_failures(result: dict) -> dict[str, dict]:
+    failed = result["suites"]["training_set"]["failed_expectations"]
+    return {f.get("check") or f"{f['expectation']}:{f['column']}": f for f in failed}
+
+
+def test_good_training_set_passes(settings: Settings) -> None:
+    result = validate_training_set(good_training_set(), settings=settings, run_name="t")
+
+    suite = result["suites"]["training_set"]
+    assert result["passed"] is True, suite["failed_expectations"]
+    assert suite["evaluated"] == suite["successful"] > len(MODEL_FEATURES)
+    assert result["rows"] == 20
+    json.dumps(result)
+
+
+def test_training_set_fails_on_a_single_candidate_query(settings: Settings) -> None:
+    frame = good_training_set()
+    frame = frame[~((frame["query_id"] == 1) & (frame["label"] == 0))]  # query 1: its positive
+
+    failed = _training_failures(validate_training_set(frame, settings=settings, run_name="t"))
+
+    assert set(failed) == {"query_has_2_candidates"}
+    assert failed["query_has_2_candidates"]["unexpected_count"] == 1
+
+
+def test_training_set_fails_on_a_query_without_positive(settings: Settings) -> None:
+    frame = good_training_set()
+    frame.loc[frame["query_id"] == 2, "label"] = 0.0
+
+    failed = _training_failures(validate_training_set(frame, settings=settings, run_name="t"))
+
+    assert set(failed) == {"query_has_a_positive"}
+    assert failed["query_has_a_positive"]["unexpected_count"] == 5
+
+
+def test_training_set_fails_on_labels_nulls_and_positive_share(settings: Settings) -> None:
+    frame = good_training_set()
+    frame.loc[1, "label"] = 7.0
+    frame.loc[:11, "item_pop_30d"] = float("nan")  # 12 of 20 rows: 60 % > 50 %
+
+    failed = _training_failures(validate_training_set(frame, settings=settings, run_name="t"))
+    assert set(failed) == {
+        "expect_column_values_to_be_between:label",
+        "expect_column_values_to_not_be_null:item_pop_30d",
+    }
+
+    all_positive = good_training_set().assign(label=3.0)
+    failed = _training_failures(
+        validate_training_set(all_positive, settings=settings, run_name="t")
+    )
+    assert set(failed) == {"positive_label_share"}
+    assert failed["positive_label_share"]["observed_value"] == 1.0
