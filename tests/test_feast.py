@@ -138,3 +138,17 @@ def test_rows_without_fresh_features_are_kept_with_nulls(store_settings):
     np.testing.assert_allclose(out["item_pop_all"].iloc[1:], [10.0, 20.0])
     assert out[contracts.USER_FEATURES].iloc[2].isna().all()  # user 7 never seen
     assert pd.isna(out["genre_match"].iloc[0]) and pd.isna(out["genre_match"].iloc[2])
+
+
+def test_feast_apply_between_runs_keeps_the_materialization_watermark(store_settings):
+    """feast#2905: ``feast apply`` can reset Feast's own watermark; ours survives it, so the
+    next run resumes where the last one ended instead of from the beginning."""
+    from pipelines import feature_store
+
+    feature_store.apply(store_settings)
+    first = feature_store.materialize(store_settings, DAY[0], DAY[2])
+    feature_store.apply(store_settings)  # a redeploy between two daily runs
+    second = feature_store.materialize(store_settings, DAY[0], DAY[4])
+    assert second["start"] == first["end"]
+    online = feature_store.online_features(store_settings, 1, [1, 2])
+    assert online["item_pop_all"].tolist() == [11.0, 21.0]  # the day-3 rows arrived
