@@ -1,9 +1,12 @@
-"""Shared fixtures: one local SparkSession for the whole test session."""
+"""Shared fixtures: one local SparkSession for the whole test session, and headless Chromium."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,3 +34,40 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
             os.environ[key] = value
     yield session
     session.stop()
+
+
+@pytest.fixture
+def chromium_dom(tmp_path: Path) -> Callable[[Path], str]:
+    """Render a local page in headless Chromium and return its DOM (skips without Chromium).
+
+    The flags keep it off this machine's closed network and out of any user profile.
+    """
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(binary).is_file():
+        pytest.skip("needs headless Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+
+    def render(page: Path) -> str:
+        done = subprocess.run(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    return render

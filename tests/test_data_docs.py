@@ -6,8 +6,6 @@ Needs a ``chromium`` binary (CI: ``apt-get install -y chromium``); skipped witho
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from datetime import UTC, date, datetime
 from html import unescape
 from pathlib import Path
@@ -18,15 +16,7 @@ import pytest
 from pipelines.config import Settings
 from pipelines.validation import validate_interactions
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).is_file(),
-        reason="needs headless Chromium at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 DAY = date(2025, 1, 2)
 DAY_START = int(datetime(2025, 1, 2, tzinfo=UTC).timestamp())
@@ -46,39 +36,13 @@ def _partition_with_null_users(rows: int = 20) -> pd.DataFrame:
     return frame
 
 
-def render(page: Path, profile: Path) -> str:
-    """The DOM of ``page`` after headless Chromium loaded it and ran its scripts."""
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def visible_text(dom: str) -> str:
     """Text of ``dom`` without scripts, styles and tags, whitespace collapsed."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
 
 
-def test_failed_validation_is_readable_in_data_docs(tmp_path: Path) -> None:
+def test_failed_validation_is_readable_in_data_docs(tmp_path: Path, chromium_dom) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     result = validate_interactions(
         _partition_with_null_users(), partition_dates=[DAY], settings=settings, run_name="docs"
@@ -96,7 +60,7 @@ def test_failed_validation_is_readable_in_data_docs(tmp_path: Path) -> None:
     assert [p.resolve() for p in on_disk] == [page]
     assert Path(result["data_docs_page"]) == page
 
-    dom = render(page, tmp_path / "chromium-profile")
+    dom = chromium_dom(page)
     text = visible_text(dom)
 
     assert "Expectation Suite: raw_interactions" in text

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ import xgboost as xgb
 from pipelines import contracts
 from pipelines.report import _feature_name, write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DOCS = "/srv/gx/uncommitted/data_docs/local_site/index.html"
 SLICES = ["cold", "heavy", "genre:Drama"]
@@ -220,26 +217,8 @@ def test_failed_validation_run_still_renders(tmp_path: Path) -> None:
     assert DOCS in text
 
 
-def test_report_renders_in_headless_chromium(full_run: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") if not CHROMIUM.exists() else str(CHROMIUM)
-    if chromium is None:
-        pytest.skip("chromium is not installed (/usr/bin/chromium absent)")
-    path = write_report(full_run)
-    command = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--dump-dom",
-        path.resolve().as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
-
+def test_report_renders_in_headless_chromium(full_run: Path, chromium_dom) -> None:
+    dom = chromium_dom(write_report(full_run))
     assert "<title>Run report 2003-02-28</title>" in dom
     assert "Feature importance" in dom
 
