@@ -189,14 +189,7 @@ def build_features(logical_date: date, settings) -> dict:
     lake = read_lake(settings, until=logical_date)
     users = ids.update_mapping(settings.ids_dir / "users.parquet", lake["user_id"])
     items = ids.update_mapping(settings.ids_dir / "items.parquet", lake["item_id"])
-    events = pd.DataFrame(
-        {
-            "user_id": ids.to_internal(lake["user_id"], users).astype("int64"),
-            "item_id": ids.to_internal(lake["item_id"], items).astype("int64"),
-            "rating": lake["rating"].astype("float64"),
-            "timestamp": lake["timestamp"].astype("int64"),
-        }
-    )
+    events = ids.internal_events(lake, users, items)
     generic = read_generic(settings.dataset_dir)
     facts = json.loads((settings.dataset_dir / "dataset.json").read_text())
     attrs = item_attributes(generic.get("items"), items, facts.get("genres", []))

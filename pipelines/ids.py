@@ -51,3 +51,15 @@ def to_internal(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
     """Map external ids to internal ones (missing -> <NA>)."""
     lookup = pd.Series(mapping["internal_id"].to_numpy(), index=mapping["external_id"].astype(str))
     return ids.astype(str).map(lookup).astype("Int64")
+
+
+def internal_events(lake: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Interactions keyed by internal ids (every id must be mapped)."""
+    return pd.DataFrame(
+        {
+            "user_id": to_internal(lake["user_id"], users).astype("int64"),
+            "item_id": to_internal(lake["item_id"], items).astype("int64"),
+            "rating": lake["rating"].astype("float64"),
+            "timestamp": lake["timestamp"].astype("int64"),
+        }
+    )

@@ -42,6 +42,8 @@ def ingest(logical_date: date, backfill_from: str | None = None) -> dict:
 @stage("validate")
 def validate(logical_date: date) -> dict:
     """Run the raw-data contract on this run's partitions; quarantine them if it fails."""
+    import pyarrow.parquet as pq
+
     from pipelines import ids
     from pipelines.data import partition_path
     from pipelines.ingest import lake_days, read_partitions
@@ -54,7 +56,7 @@ def validate(logical_date: date) -> dict:
     # Volume is judged against the partitions just before this batch; item ids against
     # the catalogue built from everything validated so far (none on bootstrap).
     earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
-    trailing = [len(read_partitions(settings, [d])) for d in earlier]
+    trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
     known = ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"]
     result = validate_interactions(
         frame,
@@ -122,18 +124,11 @@ def build_training_set(logical_date: date) -> dict:
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
     lake = read_lake(settings, until=logical_date)
-    events = pd.DataFrame(
-        {
-            "user_id": ids.to_internal(
-                lake["user_id"], ids.read_mapping(settings.ids_dir / "users.parquet")
-            ),
-            "item_id": ids.to_internal(
-                lake["item_id"], ids.read_mapping(settings.ids_dir / "items.parquet")
-            ),
-            "rating": lake["rating"],
-            "timestamp": lake["timestamp"],
-        }
-    ).astype({"user_id": "int64", "item_id": "int64"})
+    events = ids.internal_events(
+        lake,
+        ids.read_mapping(settings.ids_dir / "users.parquet"),
+        ids.read_mapping(settings.ids_dir / "items.parquet"),
+    )
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
     train = build_queries(
         events,
@@ -209,10 +204,18 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
     return out
 
 
+def _load_candidate(run_dir):
+    """The booster ``train`` left in the run directory."""
+    import xgboost
+
+    booster = xgboost.Booster()
+    booster.load_model(run_dir / "candidate.ubj")
+    return booster
+
+
 @stage("evaluate")
 def evaluate(logical_date: date) -> dict:
     """Model, random, popularity and the production model on the same holdout queries."""
-    import xgboost
 
     from pipelines import evaluation, registry, scoring
     from pipelines.data import dataset_facts
@@ -220,8 +223,7 @@ def evaluate(logical_date: date) -> dict:
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
     holdout = pd.read_parquet(run_dir / "holdout.parquet")
-    candidate = xgboost.Booster()
-    candidate.load_model(run_dir / "candidate.ubj")
+    candidate = _load_candidate(run_dir)
     matrix = scoring.to_matrix(holdout)
     scores = {"model": scoring.score(candidate, matrix)}
     scores |= evaluation.baseline_scores(holdout, settings.seed)
@@ -357,14 +359,12 @@ def _git_sha() -> str:
 @stage("register")
 def register(logical_date: date) -> dict:
     """Save the candidate in the model store with its lineage (promoted or not)."""
-    import xgboost
 
     from pipelines import registry
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
-    booster = xgboost.Booster()
-    booster.load_model(run_dir / "candidate.ubj")
+    booster = _load_candidate(run_dir)
     validation = read_json(run_dir / "validation.json", {})
     training_set = read_json(run_dir / "training_set.json", {})
     metadata = {

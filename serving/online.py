@@ -51,12 +51,13 @@ class FeatureBatch:
         return np.nan_to_num(pop, nan=0.0)
 
 
-def _stat_key(path: Path) -> tuple | None:
+def stat_key(path: Path) -> tuple | None:
+    """What changes when a file is rewritten (None if absent): a cheap change check."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class Clock:
@@ -72,7 +73,7 @@ class Clock:
     def now(self) -> float:
         if self.mode == "wall":
             return time.time()
-        key = _stat_key(self.path)
+        key = stat_key(self.path)
         if key != self._key:
             marks = json.loads(self.path.read_text()) if key else {}
             ends = [_epoch(v) for v in marks.values()]
@@ -191,7 +192,7 @@ class FastReader:
 
     def refresh(self) -> bool:
         """Reload the item table if a materialization finished since the last load."""
-        version = _stat_key(self.version_file)
+        version = stat_key(self.version_file)
         if version == self._version:
             return False
         from feast.infra.key_encoding_utils import deserialize_entity_key

@@ -25,12 +25,12 @@ from starlette.responses import JSONResponse
 
 from pipelines import contracts
 from pipelines.config import Settings, get_settings
+from serving.online import stat_key as _stat_key
 
 log = logging.getLogger("content_ranker.serving")
 
 MAX_ITEMS = 1000
 PINNED_TAG_ENV = "CR_MODEL_TAG"
-SERVICE_REFRESH_S = 60.0
 
 
 # --- the API contract ----------------------------------------------------------------------
@@ -73,14 +73,6 @@ class ModelVersionResponse(BaseModel):
 
 
 # --- state that follows files on disk ---------------------------------------------------------
-
-
-def _stat_key(path: Path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class _IdMap:
@@ -286,13 +278,14 @@ class Ranker:
         known = [i for i in requested if i in item_map]
         unknown = [i for i in requested if i not in item_map]
         internal_user = user_map.get(user_id)
-        batch = self.reader.read(internal_user, [item_map[i] for i in known])
+        internal_items = [item_map[i] for i in known]
+        batch = self.reader.read(internal_user, internal_items)
         read_done = time.perf_counter()
 
         if internal_user is None or not (batch.user_found or batch.user_stale):
             scores, fallback = batch.popularity, True
         else:
-            self.served_log.maybe_log(internal_user, [item_map[i] for i in known], batch, tag)
+            self.served_log.maybe_log(internal_user, internal_items, batch, tag)
             matrix = batch.matrix[:, model.column_index]
             scores, fallback = score(model.booster, matrix).astype("float64"), False
         scores = np.where(np.isfinite(scores), scores, 0.0)
