@@ -1,0 +1,147 @@
+"""The bad-data matrix through the DAG's own ``ingest`` and ``validate`` tasks (real GE).
+
+Seven good days are already in the lake; upstream then delivers today's partition
+corrupted one way. Each corruption must be caught by the expectation that names
+it, the task must fail with that name in its message (in Airflow, ``validate``
+failing stops the chain, so nothing downstream runs), and the delivered file must
+sit in quarantine byte for byte, with nothing of it left in the lake.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import config, tasks
+from pipelines.config import Settings
+from pipelines.data import partition_path
+
+pytestmark = pytest.mark.integration
+
+TODAY = datetime.now(UTC).date()  # the future-timestamp case needs the real clock
+ROWS = 20
+
+
+def day_partition(day: date, rows: int = ROWS) -> pd.DataFrame:
+    """``rows`` distinct interactions, one second apart from the day's first second."""
+    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([f"u{i % 5}" for i in range(rows)], dtype="string"),
+            "item_id": pd.Series([f"i{i}" for i in range(rows)], dtype="string"),
+            "rating": [0.5 + (i % 10) * 0.5 for i in range(rows)],
+            "timestamp": [start + i for i in range(rows)],
+        }
+    )
+
+
+def _set(column: str, value: object, rows: slice = slice(0, 3)) -> Callable:
+    def corrupt(df: pd.DataFrame) -> pd.DataFrame:
+        df.loc[df.index[rows], column] = value
+        return df
+
+    return corrupt
+
+
+Failure = tuple[str, str | None, str | None]  # expectation, column(s), named check
+
+CASES: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], Failure]] = {
+    # name: (corruption, the failure it must produce)
+    "null_user_ids": (
+        _set("user_id", pd.NA),
+        ("expect_column_values_to_not_be_null", "user_id", None),
+    ),
+    "rating_out_of_range": (
+        _set("rating", 7.0),
+        ("expect_column_values_to_be_between", "rating", None),
+    ),
+    "timestamp_from_another_day": (
+        lambda df: df.assign(timestamp=df["timestamp"] - 86_400 * (df.index < 3)),
+        ("expect_column_pair_values_to_be_equal", "event_date,partition_date", None),
+    ),
+    "future_timestamp": (
+        # 23:59:58 today: inside the partition's day, but later than now.
+        lambda df: df.assign(
+            timestamp=df["timestamp"].mask(df.index == 0, df["timestamp"] + 86_398)
+        ),
+        ("expect_column_max_to_be_between", "timestamp", "no_future"),
+    ),
+    "duplicate_rows": (
+        lambda df: pd.concat([df, df.iloc[:3]], ignore_index=True),
+        ("expect_compound_columns_to_be_unique", "user_id,item_id,timestamp", None),
+    ),
+    "empty_file": (lambda df: df.iloc[:0], ("expect_table_row_count_to_be_between", None, None)),
+    "renamed_column": (
+        lambda df: df.rename(columns={"rating": "score"}),
+        ("expect_table_columns_to_match_set", None, None),
+    ),
+    "volume_drop_to_10_percent": (
+        lambda df: df.iloc[: ROWS // 10],
+        ("expect_table_row_count_to_be_between", None, "volume_vs_trailing_mean"),
+    ),
+}
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch) -> Iterator[Settings]:
+    """A lake holding the seven good days before today."""
+    monkeypatch.setenv("CR_DATA_DIR", str(tmp_path))
+    config.get_settings.cache_clear()
+    settings = config.get_settings()
+    for back in range(7, 0, -1):
+        day = TODAY - timedelta(days=back)
+        for root in (settings.landing_dir, settings.raw_dir):
+            partition_path(root, day).parent.mkdir(parents=True, exist_ok=True)
+            day_partition(day).to_parquet(partition_path(root, day), index=False)
+    yield settings
+    config.get_settings.cache_clear()
+
+
+def _landed(settings: Settings) -> Path:
+    path = partition_path(settings.landing_dir, TODAY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_a_good_day_passes(lake: Settings) -> None:
+    day_partition(TODAY).to_parquet(_landed(lake), index=False)
+    assert tasks.ingest(TODAY)["partitions"] == 1
+    assert tasks.validate(TODAY)["passed"] is True
+    assert partition_path(lake.raw_dir, TODAY).exists()
+    assert not lake.quarantine_dir.exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None:
+    corrupt, expected = CASES[case]
+    landed = _landed(lake)
+    corrupt(day_partition(TODAY)).to_parquet(landed, index=False)
+
+    tasks.ingest(TODAY)
+    with pytest.raises(tasks.ValidationFailed) as failed:
+        tasks.validate(TODAY)
+
+    assert expected[0] in str(failed.value)
+    quarantined = lake.quarantine_dir / f"date={TODAY.isoformat()}"
+    assert filecmp.cmp(quarantined / "part.parquet", landed, shallow=False)
+    result = json.loads((quarantined / "validation.json").read_text())
+    assert result["passed"] is False
+    assert expected in {
+        (f["expectation"], f.get("column"), f.get("check"))
+        for f in result["suites"]["raw_interactions"]["failed_expectations"]
+    }
+    assert not partition_path(lake.raw_dir, TODAY).exists()
+    # The good days are untouched, and no later stage left anything for today.
+    assert len(list(lake.raw_dir.glob("date=*/part.parquet"))) == 7
+    run_dir = lake.run_dir(TODAY)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "ingest.json",
+        "timings.json",
+        "validation.json",
+    ]
