@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipelines import contracts
 from pipelines.config import Settings
+from pipelines.runs import write_json
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -69,8 +70,9 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     # Resume from the oldest watermark; a re-run of a loaded window reloads it whole.
     view_start = min(known) if known and min(known) < end else start
     store.materialize(start_date=view_start, end_date=end, feature_views=views)
-    marks.update({v: end.isoformat() for v in views})
-    wm_file.write_text(json.dumps(marks, indent=2))
+    # Written only after every view is loaded, and atomically: a task killed before
+    # this line leaves the old watermark, so its retry reloads the whole window.
+    write_json(wm_file, {**marks, **{v: end.isoformat() for v in views}})
     return {"start": view_start.isoformat(), "end": end.isoformat()}
 
 

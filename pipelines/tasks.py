@@ -194,7 +194,9 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
         train_set = training.shuffle_labels(train_set, settings.seed)
     params = training.ranker_params(settings)
     booster = training.train_ranker(get_spark(settings), train_set, params)
-    booster.save_model(run_dir / "candidate.ubj")
+    partial = run_dir / "candidate.partial.ubj"  # a kill mid-write leaves no half model
+    booster.save_model(partial)
+    partial.replace(run_dir / "candidate.ubj")
     out = {
         "params": params,
         "shuffled_labels": shuffle_labels,

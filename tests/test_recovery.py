@@ -1,0 +1,108 @@
+"""A task killed in the middle of its writes recovers when Airflow retries it.
+
+``materialize`` is SIGKILLed between two of Feast's online write batches, after one
+feature view reached the SQLite online store and before the other did. The retry
+must leave the online store exactly as an uninterrupted run does, and the
+watermark must not move past what was fully loaded. (A kill inside training, and
+Airflow's own retry of it, is covered by test_backfill.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import sys
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import worlds
+
+from pipelines import contracts
+from pipelines.config import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.integration
+
+YESTERDAY, TODAY = date(2024, 3, 4), date(2024, 3, 5)
+RUN_TASK = str(PROJECT_ROOT / "tests" / "run_task.py")
+
+
+def _snapshots(key: str, features: list[str], n: int, seed: int) -> pd.DataFrame:
+    """``n`` entities with a fresh snapshot at each midnight from 3 days before TODAY to TODAY+1."""
+    rng = np.random.default_rng(seed)
+    days = [datetime(2024, 3, d, tzinfo=UTC) for d in range(2, 7)]
+    frame = pd.DataFrame(
+        [(e, ts) for ts in days for e in range(1, n + 1)], columns=[key, "event_timestamp"]
+    )
+    values = rng.random((len(frame), len(features)), dtype=np.float32)
+    return pd.concat([frame, pd.DataFrame(values, columns=features)], axis=1)
+
+
+def _world(root: Path) -> tuple[Settings, dict[str, str]]:
+    settings = Settings(data_dir=root)
+    for name, frame in (
+        ("user_features", _snapshots("user_id", contracts.USER_FEATURES, 150, 1)),
+        ("item_features", _snapshots("item_id", contracts.ITEM_FEATURES, 400, 2)),
+    ):
+        (settings.offline_dir / name).mkdir(parents=True)
+        frame.to_parquet(settings.offline_dir / name / "part-0.parquet", index=False)
+    settings.dataset_dir.mkdir(parents=True)
+    (settings.dataset_dir / "dataset.json").write_text(json.dumps({"first_date": "2024-03-01"}))
+    return settings, worlds.project_env(root)
+
+
+def _task(env: dict[str, str], name: str, day: date, *extra: str):
+    return worlds.run([sys.executable, RUN_TASK, name, day.isoformat(), *extra], env, check=False)
+
+
+def _online_rows(settings: Settings) -> list[tuple]:
+    """Every (table, entity, feature, value, feature time) in the online store."""
+    with closing(sqlite3.connect(settings.feast_dir / "online_store.db")) as db:
+        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+        return sorted(
+            (t, *row)
+            for t in tables
+            for row in db.execute(f'select entity_key, feature_name, value, event_ts from "{t}"')
+        )
+
+
+def _watermarks(settings: Settings) -> dict:
+    return json.loads((settings.feast_dir / "watermarks.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[Settings, list[tuple]]:
+    """Yesterday and today materialized without interruption: the reference."""
+    settings, env = _world(tmp_path_factory.mktemp("clean"))
+    for day in (YESTERDAY, TODAY):
+        done = _task(env, "materialize", day)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return settings, _online_rows(settings)
+
+
+def test_materialize_killed_mid_write_recovers_on_retry(clean, tmp_path):
+    reference_settings, reference = clean
+    settings, env = _world(tmp_path)
+    assert _task(env, "materialize", YESTERDAY).returncode == 0
+    loaded_yesterday = _online_rows(settings)
+    marks_yesterday = _watermarks(settings)
+
+    crashed = _task(env, "materialize", TODAY, "--kill-at-online-write", "2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    partial = _online_rows(settings)
+    # One view's new rows landed, the other's did not: the store is half-updated ...
+    assert partial != loaded_yesterday and partial != reference
+    # ... and the watermark did not move, so the retry reloads today's window whole.
+    assert _watermarks(settings) == marks_yesterday
+    assert not (settings.run_dir(TODAY) / "materialize.json").exists()
+
+    retried = _task(env, "materialize", TODAY)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert _online_rows(settings) == reference
+    assert _watermarks(settings) == _watermarks(reference_settings)
+    end = datetime.fromisoformat(_watermarks(settings)[contracts.ITEM_VIEW])
+    assert end.date() == TODAY + timedelta(days=1)
