@@ -9,6 +9,10 @@ export AIRFLOW_HOME ?= $(CR_DATA_DIR)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY ?= 60
+# Replayed data (MovieLens ends in 2003) has no partition for today: locally the
+# scheduler runs only what is asked for (`make dag`, `make backfill`), not @daily.
+export AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE ?= False
 export UV_COMPILE_BYTECODE := 1
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/.venv/bin/python
@@ -21,7 +25,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run serve airflow test lint format bench-run bench-serve rollback clean
+.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve rollback clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -50,6 +54,13 @@ serve: install
 
 airflow: airflow-db
 	$(RUN) airflow standalone
+
+# One DAG run per day from FROM to TO (YYYY-MM-DD), run by the scheduler of `make airflow`
+# (start that first, in another terminal). The DAG is unpaused so the runs start.
+backfill: airflow-db
+	@test -n "$(FROM)" -a -n "$(TO)" || (echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2)
+	$(RUN) airflow backfill create --dag-id ranker_training --from-date $(FROM) --to-date $(TO) --max-active-runs 1
+	$(RUN) airflow dags unpause ranker_training
 
 rollback: install
 	$(CLI) rollback

@@ -10,9 +10,6 @@ promoted. The previously promoted model keeps serving throughout.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -20,8 +17,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+import worlds
 
-from pipelines.config import PROJECT_ROOT, Settings
+from pipelines.config import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -34,44 +32,15 @@ class World:
     last_day: date
 
 
-def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
-
-
-def _dag_test(world_env: dict[str, str], day: date) -> subprocess.CompletedProcess:
-    airflow = str(Path(sys.executable).parent / "airflow")
-    return _run(
-        [airflow, "dags", "test", "ranker_training", day.isoformat()], world_env, check=False
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     data_dir = tmp_path_factory.mktemp("e2e")
-    env = dict(os.environ)
-    env |= {
-        "CR_DATA_DIR": str(data_dir),
-        "CR_SAMPLE_USERS": "160",
-        "CR_N_ESTIMATORS": "80",
-        "AIRFLOW_HOME": str(data_dir / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "BENTOML_HOME": str(data_dir / "bentoml"),
-    }
+    env = worlds.project_env(data_dir, CR_SAMPLE_USERS="160", CR_N_ESTIMATORS="80")
     settings = Settings(data_dir=data_dir, sample_users=160)
-    _run([sys.executable, "-m", "pipelines.cli", "bootstrap"], env)
-    _run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env)
+    worlds.bootstrap(env)
     landed = sorted(p.name.removeprefix("date=") for p in settings.landing_dir.glob("date=*"))
     first_run, last_day = date.fromisoformat(landed[-2]), date.fromisoformat(landed[-1])
-    proc = _dag_test(env, first_run)
+    proc = worlds.dag_test(env, first_run)
     summary = settings.run_dir(first_run) / "summary.json"
     assert summary.exists(), (
         f"DAG run wrote no summary:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -185,7 +154,7 @@ def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server
     part.loc[part.index[-1:], "rating"] = 7.0
     part.to_parquet(landed, index=False)
 
-    _dag_test(world.env, world.last_day)
+    worlds.dag_test(world.env, world.last_day)
 
     run_dir = world.settings.run_dir(world.last_day)
     validation = json.loads((run_dir / "validation.json").read_text())

@@ -1,0 +1,259 @@
+"""A week-long Airflow 3 backfill run by a real scheduler, with a training task killed mid-fit.
+
+The world is a 160-user slice of MovieLens-1M. One ``airflow dags test`` run ingests
+the history up to the day before the week and promotes a first model. Then a real
+api-server, scheduler (LocalExecutor) and dag-processor run
+``airflow backfill create`` over the next seven landed days. While one day's
+``train`` task is inside ``SparkXGBRanker.fit``, the test SIGKILLs the task's
+process, as the OOM killer or a lost node would. Airflow marks the try failed and
+retries it, and the whole week must end green, each day's outputs keyed by its
+date, with nothing duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import worlds
+
+from pipelines.config import Settings
+
+pytestmark = pytest.mark.e2e
+
+DAG_ID = "ranker_training"
+WEEK = 7
+KILLED_DAY = 2  # index into the week of the day whose train task is killed
+KILL_WHEN = "Running xgboost"  # xgboost.spark logs this as fit's Spark job starts
+BACKFILL_TIMEOUT_S = 45 * 60
+
+
+@dataclass
+class World:
+    settings: Settings
+    env: dict[str, str]
+    first_run: date
+    week: list[date]
+    logs: Path
+    kill: dict = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def consecutive_days(landed: list[date], n: int) -> list[date]:
+    """The last ``n`` consecutive calendar days that all have a landed partition."""
+    for end in range(len(landed) - 1, n - 2, -1):
+        window = landed[end - n + 1 : end + 1]
+        if window[-1] - window[0] == timedelta(days=n - 1):
+            return window
+    raise AssertionError(f"no {n} consecutive landed days")
+
+
+def _run_id(day: date) -> str:
+    return f"backfill__{day.isoformat()}T00:00:00+00:00"
+
+
+def _query(env: dict[str, str], sql: str, *args: object) -> list[tuple]:
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _task_log(world: World, day: date, task: str, attempt: int) -> Path:
+    return (
+        world.logs / f"dag_id={DAG_ID}" / f"run_id={_run_id(day)}" / f"task_id={task}"
+    ) / f"attempt={attempt}.log"
+
+
+def _start(name: str, args: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen:
+    out = (logs / f"{name}.out").open("w")
+    return subprocess.Popen(
+        [str(worlds.BIN / "airflow"), *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so teardown reaches its children
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[World]:
+    data_dir = tmp_path_factory.mktemp("backfill")
+    api_port = _free_port()
+    env = worlds.project_env(
+        data_dir,
+        CR_SAMPLE_USERS="160",
+        CR_N_ESTIMATORS="80",
+        # 160 users make a few to a few hundred events a day: day-to-day volume and the
+        # share of never-seen items swing far beyond what a full feed allows.
+        CR_VOLUME_MIN_RATIO="0",
+        CR_VOLUME_MAX_RATIO="1000",
+        CR_MAX_UNKNOWN_ITEM_SHARE="1",
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
+        AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="2",
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",  # only the backfill's runs
+        AIRFLOW__API__EXPOSE_CONFIG="False",
+    )
+    settings = Settings(data_dir=data_dir, sample_users=160)
+    worlds.bootstrap(env)
+    landed = sorted(
+        date.fromisoformat(p.name.removeprefix("date="))
+        for p in settings.landing_dir.glob("date=*")
+    )
+    days = consecutive_days(landed, WEEK + 1)
+    first_run, week = days[0], days[1:]
+    proc = worlds.dag_test(env, first_run)
+    assert (settings.run_dir(first_run) / "summary.json").exists(), proc.stderr[-4000:]
+
+    logs = data_dir / "airflow" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = [
+        _start(
+            "api-server", ["api-server", "--host", "127.0.0.1", "--port", str(api_port)], env, logs
+        ),
+        _start("scheduler", ["scheduler"], env, logs),
+        _start("dag-processor", ["dag-processor"], env, logs),
+    ]
+    try:
+        yield World(settings, env, first_run, week, logs)
+    finally:
+        for proc in procs:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill_train_mid_fit(world: World, day: date) -> bool:
+    """SIGKILL ``day``'s first ``train`` try once its log shows the fit running."""
+    log = _task_log(world, day, "train", 1)
+    if not log.exists() or KILL_WHEN not in log.read_text(errors="replace"):
+        return False
+    rows = _query(
+        world.env,
+        "select pid, try_number, state from task_instance "
+        "where dag_id = ? and run_id = ? and task_id = 'train'",
+        DAG_ID,
+        _run_id(day),
+    )
+    pid, try_number, state = rows[0]
+    process = psutil.Process(pid)
+    title = " ".join(process.cmdline())
+    assert title.startswith("airflow worker"), title  # the task runner, not the supervisor
+    jvm = [c.pid for c in process.children(recursive=True) if c.name() == "java"]
+    process.send_signal(signal.SIGKILL)
+    world.kill.update(
+        day=day.isoformat(), pid=pid, try_number=try_number, state=state, jvm=jvm, at=time.time()
+    )
+    return True
+
+
+def _wait_for_backfill(world: World) -> dict[str, str]:
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+    killed_day = world.week[KILLED_DAY]
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        if not world.kill and _kill_train_mid_fit(world, killed_day):
+            continue
+        rows = _query(
+            world.env,
+            "select run_id, state from dag_run where dag_id = ? and run_type = 'backfill'",
+            DAG_ID,
+        )
+        states = dict(rows)
+        if len(states) == WEEK and all(s in ("success", "failed") for s in states.values()):
+            return states
+        time.sleep(0.2 if not world.kill else 2)
+    raise AssertionError(f"backfill did not finish in {BACKFILL_TIMEOUT_S} s: {states}")
+
+
+@pytest.fixture(scope="module")
+def backfill(world) -> dict[str, str]:
+    week = world.week
+    # The dag-processor must have serialized the DAG before a backfill can be created.
+    for _ in range(60):
+        created = worlds.airflow(
+            "backfill", "create", "--dag-id", DAG_ID,
+            "--from-date", week[0].isoformat(), "--to-date", week[-1].isoformat(),
+            "--max-active-runs", "1",
+            env=world.env, check=False,
+        )  # fmt: skip
+        if created.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(created.stderr[-3000:])
+    worlds.airflow("dags", "unpause", DAG_ID, env=world.env)
+    return _wait_for_backfill(world)
+
+
+def test_every_day_of_the_week_succeeds(world, backfill):
+    assert backfill == {_run_id(d): "success" for d in world.week}, world.logs / "scheduler.out"
+
+
+def test_the_killed_training_try_was_retried_and_recovered(world, backfill):
+    day = world.week[KILLED_DAY]
+    assert world.kill, "the train task was never seen inside fit"
+    assert world.kill["day"] == day.isoformat() and world.kill["try_number"] == 1
+    assert not psutil.pid_exists(world.kill["pid"])
+    for jvm in world.kill["jvm"]:  # the killed driver's Spark JVM went with it
+        assert not psutil.pid_exists(jvm)
+    ((try_number, state),) = _query(
+        world.env,
+        "select try_number, state from task_instance "
+        "where dag_id = ? and run_id = ? and task_id = 'train'",
+        DAG_ID,
+        _run_id(day),
+    )
+    assert (try_number, state) == (2, "success")
+    assert KILL_WHEN in _task_log(world, day, "train", 2).read_text(errors="replace")
+    training = json.loads((world.settings.run_dir(day) / "training.json").read_text())
+    assert training["trees"] == 80
+
+
+def test_each_day_is_keyed_by_its_date_and_nothing_is_duplicated(world, backfill):
+    for day in world.week:
+        summary = json.loads((world.settings.run_dir(day) / "summary.json").read_text())
+        assert summary["logical_date"] == day.isoformat()
+        assert summary["run_id"] == _run_id(day)
+        assert json.loads((world.settings.run_dir(day) / "ingest.json").read_text()) == {
+            "partitions": [day.isoformat()]
+        }
+        raw = list((world.settings.raw_dir / f"date={day.isoformat()}").iterdir())
+        assert [p.name for p in raw] == ["part.parquet"]
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(raw[0]),
+            pd.read_parquet(
+                world.settings.landing_dir / f"date={day.isoformat()}" / "part.parquet"
+            ),
+        )
+    lake = pd.concat(pd.read_parquet(p) for p in world.settings.raw_dir.glob("date=*/*.parquet"))
+    assert not lake.duplicated().any()
+
+
+def test_materialization_advanced_to_the_last_day(world, backfill):
+    marks = json.loads((world.settings.feast_dir / "watermarks.json").read_text())
+    last = world.week[-1] + timedelta(days=1)
+    assert {v[:10] for v in marks.values()} == {last.isoformat()}
