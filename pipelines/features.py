@@ -178,15 +178,23 @@ def write_offline(frame: DataFrame, path: str) -> int:
 
 
 def build_features(logical_date: date, settings) -> dict:
-    """Stage: recompute both feature tables from the validated lake up to ``logical_date``."""
+    """Stage: recompute both feature tables from the whole validated lake.
+
+    The tables hold every snapshot the lake supports, through the day after its last
+    partition, whatever the run's date: each row only summarises events before its
+    own timestamp, and point-in-time joins never read past an entity row's time. So
+    a backfill of an earlier date, run after later ones, drops none of the snapshots
+    that the later runs and the online store rely on.
+    """
     import json
 
     from pipelines import ids
     from pipelines.data import read_generic
-    from pipelines.ingest import read_lake
+    from pipelines.ingest import lake_days, read_lake
     from pipelines.spark import get_spark
 
-    lake = read_lake(settings, until=logical_date)
+    through = max(logical_date, *lake_days(settings))
+    lake = read_lake(settings, until=through)
     users = ids.update_mapping(settings.ids_dir / "users.parquet", lake["user_id"])
     items = ids.update_mapping(settings.ids_dir / "items.parquet", lake["item_id"])
     events = ids.internal_events(lake, users, items)
@@ -195,8 +203,13 @@ def build_features(logical_date: date, settings) -> dict:
     attrs = item_attributes(generic.get("items"), items, facts.get("genres", []))
 
     spark = get_spark(settings)
-    user_df, item_df = compute_features(spark, spark.createDataFrame(events), attrs, logical_date)
+    user_df, item_df = compute_features(spark, spark.createDataFrame(events), attrs, through)
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
     n_users = write_offline(user_df, str(settings.offline_dir / "user_features"))
     n_items = write_offline(item_df, str(settings.offline_dir / "item_features"))
-    return {"user_rows": n_users, "item_rows": n_items, "events": len(events)}
+    return {
+        "user_rows": n_users,
+        "item_rows": n_items,
+        "events": len(events),
+        "through": through.isoformat(),
+    }

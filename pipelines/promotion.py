@@ -68,6 +68,23 @@ def gate(
     return {"passed": not failed, "reason": reason, "checks": checks}
 
 
+def freshness_check(logical_date: str, production_date: str | None) -> list[dict]:
+    """A run for an earlier date than production's (a backfill) never replaces it.
+
+    Production was trained on newer data, and the earlier run's holdout days lie
+    inside production's training window, so the comparison would not be fair either.
+    """
+    if production_date is None:
+        return []
+    return [
+        {
+            "check": "trained on data at least as new as production's",
+            "passed": logical_date >= production_date,
+            "detail": f"logical date {logical_date} vs production's {production_date}",
+        }
+    ]
+
+
 def paired_bootstrap(
     challenger: np.ndarray, champion: np.ndarray, n_boot: int = 2000, seed: int = 0
 ) -> dict:

@@ -301,8 +301,10 @@ def monitor(logical_date: date) -> dict:
 @stage("gate")
 def gate(logical_date: date) -> dict:
     """Champion/challenger: popularity, production (mean and per-query significance), slices."""
+    from pipelines import registry
+    from pipelines.monitoring import monitoring_checks
+    from pipelines.promotion import freshness_check, paired_bootstrap, slice_report
     from pipelines.promotion import gate as decide
-    from pipelines.promotion import paired_bootstrap, slice_report
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
@@ -323,15 +325,20 @@ def gate(logical_date: date) -> dict:
         )
     else:  # no champion yet: slices are reported against popularity, not gated
         report = slice_report(per_query, slices, "popularity", float("inf"), 1)
-    from pipelines.monitoring import monitoring_checks
-
+    production = evaluation.get("production_tag")
+    production_date = (
+        registry.model_info(production, settings)["metadata"].get("logical_date")
+        if production
+        else None
+    )
     monitoring = read_json(run_dir / "monitoring.json", {})
     decision = decide(
         metrics,
         settings.production_tolerance,
         significance=significance,
         slices=report,
-        extra_checks=monitoring_checks(
+        extra_checks=freshness_check(logical_date.isoformat(), production_date)
+        + monitoring_checks(
             monitoring.get("skew"),
             monitoring.get("drift_psi"),
             settings.skew_max_mismatch,

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import contracts
 from pipelines.evaluation import query_slices
-from pipelines.promotion import gate, paired_bootstrap, slice_report
+from pipelines.promotion import freshness_check, gate, paired_bootstrap, slice_report
 
 
 def _metrics(model: float, production: float | None, popularity: float = 0.2) -> dict:
@@ -120,3 +120,14 @@ def test_skew_report_and_checks_name_the_skewed_feature():
     assert "b: 25.00%" in checks[0]["detail"] and "b: PSI 2.000" in checks[1]["detail"]
     decision = gate(_metrics(0.5, None), 0.005, extra_checks=checks)
     assert decision["passed"] is False and "skew" in decision["reason"]
+
+
+def test_a_backfilled_earlier_date_never_replaces_a_newer_production_model():
+    better = _metrics(0.6, 0.4)
+    older = gate(better, 0.005, extra_checks=freshness_check("2003-02-20", "2003-02-28"))
+    assert older["passed"] is False
+    assert "at least as new as production" in older["reason"] and "2003-02-28" in older["reason"]
+    for same_or_newer in ("2003-02-28", "2003-03-01"):
+        checks = freshness_check(same_or_newer, "2003-02-28")
+        assert gate(better, 0.005, extra_checks=checks)["passed"] is True
+    assert freshness_check("2003-02-20", None) == []  # no champion yet

@@ -4,16 +4,15 @@
 feature view reached the SQLite online store and before the other did. The retry
 must leave the online store exactly as an uninterrupted run does, and the
 watermark must not move past what was fully loaded. (A kill inside training, and
-Airflow's own retry of it, is covered by test_backfill.py.)
+Airflow's own retry of it, is covered by test_backfill.py.) And a backfill of an
+earlier date, run after a later one, must not roll the online store back.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import sys
-from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -59,41 +58,30 @@ def _task(env: dict[str, str], name: str, day: date, *extra: str):
     return worlds.run([sys.executable, RUN_TASK, name, day.isoformat(), *extra], env, check=False)
 
 
-def _online_rows(settings: Settings) -> list[tuple]:
-    """Every (table, entity, feature, value, feature time) in the online store."""
-    with closing(sqlite3.connect(settings.feast_dir / "online_store.db")) as db:
-        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
-        return sorted(
-            (t, *row)
-            for t in tables
-            for row in db.execute(f'select entity_key, feature_name, value, event_ts from "{t}"')
-        )
-
-
 def _watermarks(settings: Settings) -> dict:
     return json.loads((settings.feast_dir / "watermarks.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> tuple[Settings, list[tuple]]:
+def clean(tmp_path_factory) -> tuple[Settings, dict[str, str], list[tuple]]:
     """Yesterday and today materialized without interruption: the reference."""
     settings, env = _world(tmp_path_factory.mktemp("clean"))
     for day in (YESTERDAY, TODAY):
         done = _task(env, "materialize", day)
         assert done.returncode == 0, done.stderr[-3000:]
-    return settings, _online_rows(settings)
+    return settings, env, worlds.online_rows(settings)
 
 
 def test_materialize_killed_mid_write_recovers_on_retry(clean, tmp_path):
-    reference_settings, reference = clean
+    reference_settings, _, reference = clean
     settings, env = _world(tmp_path)
     assert _task(env, "materialize", YESTERDAY).returncode == 0
-    loaded_yesterday = _online_rows(settings)
+    loaded_yesterday = worlds.online_rows(settings)
     marks_yesterday = _watermarks(settings)
 
     crashed = _task(env, "materialize", TODAY, "--kill-at-online-write", "2")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
-    partial = _online_rows(settings)
+    partial = worlds.online_rows(settings)
     # One view's new rows landed, the other's did not: the store is half-updated ...
     assert partial != loaded_yesterday and partial != reference
     # ... and the watermark did not move, so the retry reloads today's window whole.
@@ -102,7 +90,21 @@ def test_materialize_killed_mid_write_recovers_on_retry(clean, tmp_path):
 
     retried = _task(env, "materialize", TODAY)
     assert retried.returncode == 0, retried.stderr[-3000:]
-    assert _online_rows(settings) == reference
+    assert worlds.online_rows(settings) == reference
     assert _watermarks(settings) == _watermarks(reference_settings)
     end = datetime.fromisoformat(_watermarks(settings)[contracts.ITEM_VIEW])
     assert end.date() == TODAY + timedelta(days=1)
+
+
+def test_materializing_an_earlier_date_never_rolls_the_online_store_back(clean):
+    """A backfill of yesterday, run after today, must leave today's online rows."""
+    settings, env, reference = clean
+    marks = _watermarks(settings)
+
+    done = _task(env, "materialize", YESTERDAY)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert worlds.online_rows(settings) == reference
+    assert _watermarks(settings) == marks
+    window = json.loads((settings.run_dir(YESTERDAY) / "materialize.json").read_text())["window"]
+    assert window["skipped"] == "online store is newer"
