@@ -13,6 +13,8 @@ export AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY ?= 60
 # Replayed data (MovieLens ends in 2003) has no partition for today: locally the
 # scheduler runs only what is asked for (`make dag`, `make backfill`), not @daily.
 export AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE ?= False
+# LocalExecutor keeps up to this many worker processes; the runs are sequential anyway.
+export AIRFLOW__CORE__PARALLELISM ?= 2
 export UV_COMPILE_BYTECODE := 1
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/.venv/bin/python

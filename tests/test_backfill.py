@@ -107,6 +107,7 @@ def world(tmp_path_factory) -> Iterator[World]:
         CR_VOLUME_MAX_RATIO="1000",
         CR_MAX_UNKNOWN_ITEM_SHARE="1",
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__PARALLELISM="2",  # as `make airflow`: two cores
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
         AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
         AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="2",
@@ -159,8 +160,11 @@ def _kill_train_mid_fit(world: World, day: date) -> bool:
         _run_id(day),
     )
     pid, try_number, state = rows[0]
-    process = psutil.Process(pid)
-    title = " ".join(process.cmdline())
+    try:
+        process = psutil.Process(pid)
+        title = " ".join(process.cmdline())
+    except psutil.NoSuchProcess as gone:
+        raise AssertionError(f"train ended before the kill landed ({state})") from gone
     assert title.startswith("airflow worker"), title  # the task runner, not the supervisor
     jvm = [c.pid for c in process.children(recursive=True) if c.name() == "java"]
     process.send_signal(signal.SIGKILL)
@@ -170,34 +174,24 @@ def _kill_train_mid_fit(world: World, day: date) -> bool:
     return True
 
 
-def _wait_for_backfill(world: World) -> dict[str, str]:
-    deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-    killed_day = world.week[KILLED_DAY]
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        if not world.kill and _kill_train_mid_fit(world, killed_day):
-            continue
-        rows = _query(
-            world.env,
-            "select run_id, state from dag_run where dag_id = ? and run_type = 'backfill'",
-            DAG_ID,
-        )
-        states = dict(rows)
-        if len(states) == WEEK and all(s in ("success", "failed") for s in states.values()):
-            return states
-        time.sleep(0.2 if not world.kill else 2)
-    raise AssertionError(f"backfill did not finish in {BACKFILL_TIMEOUT_S} s: {states}")
+def _run_states(world: World) -> dict[str, str]:
+    rows = _query(
+        world.env,
+        "select run_id, state from dag_run where dag_id = ? and run_type = 'backfill'",
+        DAG_ID,
+    )
+    return dict(rows)
 
 
-@pytest.fixture(scope="module")
-def backfill(world) -> dict[str, str]:
-    week = world.week
-    # The dag-processor must have serialized the DAG before a backfill can be created.
+def _backfill(world: World, first: date, last: date, *extra: str) -> None:
+    """``airflow backfill create`` over [first, last]; returns once every run has ended."""
+    # Creation waits for the dag-processor to have serialized the DAG, and for an
+    # earlier backfill to be marked complete (one running backfill per DAG).
     for _ in range(60):
         created = worlds.airflow(
             "backfill", "create", "--dag-id", DAG_ID,
-            "--from-date", week[0].isoformat(), "--to-date", week[-1].isoformat(),
-            "--max-active-runs", "1",
+            "--from-date", first.isoformat(), "--to-date", last.isoformat(),
+            "--max-active-runs", "1", *extra,
             env=world.env, check=False,
         )  # fmt: skip
         if created.returncode == 0:
@@ -206,7 +200,22 @@ def backfill(world) -> dict[str, str]:
     else:
         raise AssertionError(created.stderr[-3000:])
     worlds.airflow("dags", "unpause", DAG_ID, env=world.env)
-    return _wait_for_backfill(world)
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not world.kill and _kill_train_mid_fit(world, world.week[KILLED_DAY]):
+            continue
+        running = _query(world.env, "select count(*) from backfill where completed_at is null")
+        if running == [(0,)]:
+            return
+        time.sleep(0.2 if not world.kill else 2)
+    raise AssertionError(f"backfill did not finish in {BACKFILL_TIMEOUT_S} s: {_run_states(world)}")
+
+
+@pytest.fixture(scope="module")
+def backfill(world) -> dict[str, str]:
+    """The week, oldest day first; the run states when it ended."""
+    _backfill(world, world.week[0], world.week[-1])
+    return _run_states(world)
 
 
 def test_every_day_of_the_week_succeeds(world, backfill):
@@ -218,6 +227,7 @@ def test_the_killed_training_try_was_retried_and_recovered(world, backfill):
     assert world.kill, "the train task was never seen inside fit"
     assert world.kill["day"] == day.isoformat() and world.kill["try_number"] == 1
     assert not psutil.pid_exists(world.kill["pid"])
+    assert world.kill["jvm"], "the killed task had no Spark JVM under it"
     for jvm in world.kill["jvm"]:  # the killed driver's Spark JVM went with it
         assert not psutil.pid_exists(jvm)
     ((try_number, state),) = _query(
@@ -257,3 +267,38 @@ def test_materialization_advanced_to_the_last_day(world, backfill):
     marks = json.loads((world.settings.feast_dir / "watermarks.json").read_text())
     last = world.week[-1] + timedelta(days=1)
     assert {v[:10] for v in marks.values()} == {last.isoformat()}
+
+
+def _offline_tables(settings: Settings) -> dict[str, pd.DataFrame]:
+    return {
+        n: pd.read_parquet(settings.offline_dir / n) for n in ("user_features", "item_features")
+    }
+
+
+def test_backfilling_an_earlier_day_again_rolls_nothing_back(world, backfill):
+    """Re-running the week's first day after the whole week: a backfill into the past.
+
+    Its run must succeed without touching what the later days produced: the feature
+    tables, the online store and the production model stay as they were.
+    """
+    day = world.week[0]
+    pointer = world.settings.production_pointer.read_text()
+    online, offline = worlds.online_rows(world.settings), _offline_tables(world.settings)
+
+    _backfill(world, day, day, "--reprocess-behavior", "completed")
+
+    assert _run_states(world)[_run_id(day)] == "success"
+    (tries,) = _query(
+        world.env,
+        "select try_number from task_instance where dag_id = ? and run_id = ? and task_id = 'gate'",
+        DAG_ID,
+        _run_id(day),
+    )
+    assert tries == (2,)  # the gate really ran again
+    summary = json.loads((world.settings.run_dir(day) / "summary.json").read_text())
+    assert summary["promoted"] is False
+    assert "at least as new as production" in summary["gate"]["reason"]
+    assert world.settings.production_pointer.read_text() == pointer
+    assert worlds.online_rows(world.settings) == online
+    for name, table in _offline_tables(world.settings).items():
+        pd.testing.assert_frame_equal(table, offline[name])

@@ -100,6 +100,25 @@ def test_rerun_of_the_same_date_overwrites(world):
     assert len(raw) == 1  # one file per partition
 
 
+def test_rerunning_a_date_reproduces_features_and_online_store(world, monkeypatch):
+    from pipelines import config, tasks
+
+    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
+    config.get_settings.cache_clear()
+    try:
+        offline = world.settings.offline_dir
+        before = {n: pd.read_parquet(offline / n) for n in ("user_features", "item_features")}
+        online_before = worlds.online_rows(world.settings)
+        assert online_before
+        tasks.build_features(world.first_run)
+        tasks.materialize(world.first_run)
+        for name, frame in before.items():
+            pd.testing.assert_frame_equal(pd.read_parquet(offline / name), frame)
+        assert worlds.online_rows(world.settings) == online_before
+    finally:
+        config.get_settings.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def server(world):
     from pipelines.infra_validation import serve
@@ -218,37 +237,6 @@ def test_worse_challenger_is_not_promoted(world, monkeypatch):
         promotion = tasks.promote(world.first_run)
         assert promotion["promoted"] is False
         assert _pointer(world)["tag"] == before
-    finally:
-        config.get_settings.cache_clear()
-
-
-def _online_rows(settings: Settings) -> list[tuple]:
-    import sqlite3
-
-    with sqlite3.connect(settings.feast_dir / "online_store.db") as db:
-        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
-        return sorted(
-            (t, *row)
-            for t in tables
-            for row in db.execute(f'select entity_key, feature_name, value, event_ts from "{t}"')
-        )
-
-
-def test_rerunning_a_date_reproduces_features_and_online_store(world, monkeypatch):
-    from pipelines import config, tasks
-
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    config.get_settings.cache_clear()
-    try:
-        offline = world.settings.offline_dir
-        before = {n: pd.read_parquet(offline / n) for n in ("user_features", "item_features")}
-        online_before = _online_rows(world.settings)
-        assert online_before
-        tasks.build_features(world.first_run)
-        tasks.materialize(world.first_run)
-        for name, frame in before.items():
-            pd.testing.assert_frame_equal(pd.read_parquet(offline / name), frame)
-        assert _online_rows(world.settings) == online_before
     finally:
         config.get_settings.cache_clear()
 

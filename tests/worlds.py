@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import date
 from pathlib import Path
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.config import PROJECT_ROOT, Settings
 
 BIN = Path(sys.executable).parent
 
@@ -52,3 +54,14 @@ def bootstrap(env: dict[str, str]) -> None:
 def dag_test(env: dict[str, str], day: date) -> subprocess.CompletedProcess:
     """One in-process DAG run (``airflow dags test``) for ``day``; never raises."""
     return airflow("dags", "test", "ranker_training", day.isoformat(), env=env, check=False)
+
+
+def online_rows(settings: Settings) -> list[tuple]:
+    """Every (table, entity, feature, value, feature time) in Feast's SQLite online store."""
+    with closing(sqlite3.connect(settings.feast_dir / "online_store.db")) as db:
+        tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+        return sorted(
+            (t, *row)
+            for t in tables
+            for row in db.execute(f'select entity_key, feature_name, value, event_ts from "{t}"')
+        )
