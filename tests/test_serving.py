@@ -284,18 +284,29 @@ def test_model_info_has_lineage(world):
 # --- a real server ----------------------------------------------------------------------------
 
 
-def _wait_for_version(base: str, body: dict, tag: str, timeout_s: float = 5.0) -> float:
-    """Seconds until /rank reports ``tag`` (the swap loads in the background)."""
+def _wait_for_version(
+    base: str, body: dict, tag: str, timeout_s: float = 5.0, in_a_row: int = 20
+) -> float:
+    """Seconds until /rank reports ``tag`` on ``in_a_row`` requests in a row.
+
+    Each worker swaps on its own (in the background), so one answer with the new tag
+    does not mean every worker has it; many in a row, spread over the workers, does.
+    """
     import time
 
     import httpx
 
-    started = time.monotonic()
+    started, streak = time.monotonic(), 0
     while time.monotonic() - started < timeout_s:
-        if httpx.post(f"{base}/rank", json=body).json()["model_version"] == tag:
+        streak = (
+            streak + 1
+            if httpx.post(f"{base}/rank", json=body).json()["model_version"] == tag
+            else 0
+        )
+        if streak == in_a_row:
             return time.monotonic() - started
         time.sleep(0.02)
-    raise AssertionError(f"{tag} not served within {timeout_s}s")
+    raise AssertionError(f"{tag} not served by every worker within {timeout_s}s")
 
 
 def test_server_hot_reloads_on_promotion(server, world):
