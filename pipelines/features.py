@@ -193,7 +193,7 @@ def build_features(logical_date: date, settings) -> dict:
     from pipelines.ingest import lake_days, read_lake
     from pipelines.spark import get_spark
 
-    through = max(logical_date, *lake_days(settings))
+    through = max([logical_date, *lake_days(settings)])
     lake = read_lake(settings, until=through)
     users = ids.update_mapping(settings.ids_dir / "users.parquet", lake["user_id"])
     items = ids.update_mapping(settings.ids_dir / "items.parquet", lake["item_id"])
