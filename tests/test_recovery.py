@@ -1,8 +1,9 @@
-"""A task killed in the middle of its writes recovers when Airflow retries it.
+"""A task killed in the middle of its writes recovers when it is run again, as Airflow's
+retry runs it.
 
 ``materialize`` is SIGKILLed between two of Feast's online write batches, after one
-feature view reached the SQLite online store and before the other did. The retry
-must leave the online store exactly as an uninterrupted run does, and the
+feature view reached the SQLite online store and before the other did. The second
+run must leave the online store exactly as an uninterrupted run does, and the
 watermark must not move past what was fully loaded. (A kill inside training, and
 Airflow's own retry of it, is covered by test_backfill.py.) And a backfill of an
 earlier date, run after a later one, must not roll the online store back.
