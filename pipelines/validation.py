@@ -37,6 +37,7 @@ from pipelines.contracts import (
     USER_AFFINITY,
     USER_FEATURES,
 )
+from pipelines.runs import write_json
 
 SUITE_NAME = "raw_interactions"
 DATASOURCE_NAME = "interactions"
@@ -624,13 +625,20 @@ def quarantine_partition(
 ) -> Path:
     """Move a failed partition out of the lake, with its validation result beside it.
 
-    The file is moved, never deleted, so it can be inspected and replayed; files of an
-    earlier quarantine of the same date are overwritten in place.
+    The file is moved, never deleted, so it can be inspected and replayed. The latest
+    quarantine of a date is at the top of its folder; an earlier one of the same date
+    (a second bad delivery) is kept in ``earlier-<n>/`` beside it, never overwritten.
     """
     folder = settings.quarantine_dir / f"date={logical_date.isoformat()}"
     folder.mkdir(parents=True, exist_ok=True)
+    previous = [p for p in folder.iterdir() if p.is_file()]
+    if previous:
+        kept = folder / f"earlier-{len(list(folder.glob('earlier-*'))) + 1}"
+        kept.mkdir()
+        for path in previous:
+            path.replace(kept / path.name)
     shutil.move(str(partition_file), folder / partition_file.name)
-    (folder / "validation.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json(folder / "validation.json", result)
     log.warning("quarantined %s to %s", partition_file, folder)
     return folder
 

@@ -159,13 +159,17 @@ def test_quarantine_moves_the_partition(settings: Settings) -> None:
     assert json.loads((folder / "validation.json").read_text()) == result
 
 
-def test_quarantine_overwrites_an_earlier_one(settings: Settings) -> None:
+def test_a_second_quarantine_of_a_date_keeps_the_first(settings: Settings) -> None:
     source = settings.raw_dir / f"date={DAY.isoformat()}" / "part.parquet"
     source.parent.mkdir(parents=True)
-    for attempt in (b"first", b"second"):
-        source.write_bytes(attempt)
-        folder = quarantine_partition(source, DAY, {"passed": False, "attempt": 1}, settings)
-    assert (folder / "part.parquet").read_bytes() == b"second"
+    for attempt, payload in enumerate((b"first", b"second", b"third"), start=1):
+        source.write_bytes(payload)
+        folder = quarantine_partition(source, DAY, {"passed": False, "attempt": attempt}, settings)
+    assert (folder / "part.parquet").read_bytes() == b"third"
+    assert json.loads((folder / "validation.json").read_text())["attempt"] == 3
+    for n, payload in ((1, b"first"), (2, b"second")):
+        assert (folder / f"earlier-{n}" / "part.parquet").read_bytes() == payload
+        assert json.loads((folder / f"earlier-{n}" / "validation.json").read_text())["attempt"] == n
 
 
 def test_validating_twice_in_the_same_gx_dir(settings: Settings) -> None:
