@@ -66,3 +66,11 @@ def test_dag_file_has_no_heavy_top_level_imports():
     top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     for heavy in ("pyspark", "xgboost", "feast", "great_expectations", "bentoml", "pipelines"):
         assert not any(heavy in line for line in top_level), heavy
+
+
+def test_any_data_sets_dates_run(dagbag):
+    """No task runs for a logical date before start_date: the epoch admits any data set."""
+    import pendulum
+
+    dag = dagbag.dags["ranker_training"]
+    assert dag.start_date <= pendulum.datetime(1970, 1, 1, tz="UTC")
