@@ -34,6 +34,7 @@ from pipelines.contracts import (
     ITEM_FEATURES,
     ITEM_GENRES,
     MODEL_FEATURES,
+    ON_DEMAND_FEATURES,
     USER_AFFINITY,
     USER_FEATURES,
 )
@@ -59,6 +60,15 @@ QUERY_POSITIVES_COLUMN = "query_positives"
 IS_POSITIVE_COLUMN = "is_positive"
 TRAINING_KEYS = ["query_id", "user_id", "item_id", "event_timestamp"]
 
+# A user (item) has history before the query time iff the join found a feature row for
+# it, i.e. this always-present count is not null. Without history every feature of the
+# view is null, as expected (a new user or item; XGBoost handles missing values).
+USER_HISTORY = "user_cnt_all.notnull()"
+ITEM_HISTORY = "item_pop_all.notnull()"
+# Features that can be null with history too: affinities need a genre among the user's
+# items, age needs a release year (both optional item metadata); genre_match needs both.
+METADATA_FEATURES = {*USER_AFFINITY, "item_age_years", "genre_match"}
+
 # Settings fields this module reads, with the value used while Settings lacks the field.
 DEFAULTS: dict[str, float | int] = {
     "max_duplicate_rate": 0.0,  # share of raw rows in a duplicated (user, item, timestamp)
@@ -66,7 +76,8 @@ DEFAULTS: dict[str, float | int] = {
     "volume_max_ratio": 5.0,
     "max_unknown_item_share": 0.5,  # raw rows whose item is not among the known items
     "max_feature_null_fraction": 0.05,  # per feature column of the feature tables
-    "max_training_null_fraction": 0.5,  # per model feature (TTL-expired features are missing)
+    "max_history_null_fraction": 0.0,  # per history feature, of rows whose entity has history
+    "max_training_null_fraction": 0.5,  # same, per feature of METADATA_FEATURES
     "min_positive_share": 0.01,  # share of training rows with label > 0
     "max_positive_share": 0.9,
     "validation_sample_rows": 200_000,  # feature tables / training sets above this are sampled
@@ -247,7 +258,6 @@ def _build_training_suite(settings: Settings) -> Any:
     import great_expectations.expectations as gxe
 
     derived = [QUERY_SIZE_COLUMN, QUERY_POSITIVES_COLUMN, IS_POSITIVE_COLUMN]
-    null_share = _mostly(_setting(settings, "max_training_null_fraction"))
     expectations = [
         gxe.ExpectTableColumnsToMatchSet(
             column_set=[*MODEL_FEATURES, "label", *TRAINING_KEYS, *derived], exact_match=False
@@ -269,10 +279,37 @@ def _build_training_suite(settings: Settings) -> Any:
             max_value=float(_setting(settings, "max_positive_share")),
             meta={"check": "positive_label_share"},
         ),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=f, **null_share) for f in MODEL_FEATURES),
+        *_history_null_expectations(settings),
     ]
     # Built in one go: add_expectation on a suite already in the store rewrites it each time.
     return gx.ExpectationSuite(name=TRAINING_SUITE_NAME, expectations=expectations)
+
+
+def _history_null_expectations(settings: Settings) -> list[Any]:
+    """Each model feature not null where its entity has history (GE ``row_condition``).
+
+    ``genre_match`` combines both entities, so it is checked where both have history.
+    """
+    import great_expectations.expectations as gxe
+
+    history = {f: USER_HISTORY for f in USER_FEATURES} | {f: ITEM_HISTORY for f in ITEM_FEATURES}
+    history |= {f: f"{USER_HISTORY} and {ITEM_HISTORY}" for f in ON_DEMAND_FEATURES}
+    expectations = []
+    for feature in MODEL_FEATURES:
+        share = (
+            "max_training_null_fraction"
+            if feature in METADATA_FEATURES
+            else ("max_history_null_fraction")
+        )
+        expectations.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column=feature,
+                row_condition=history[feature],
+                condition_parser="pandas",
+                **_mostly(_setting(settings, share)),
+            )
+        )
+    return expectations
 
 
 def _context(settings: Settings) -> Any:
@@ -376,6 +413,10 @@ def _failed_expectation(res: Any) -> dict[str, Any]:
     }
     if (config.meta or {}).get("check"):
         out["check"] = config.meta["check"]
+    condition = kwargs.get("row_condition")
+    if condition:  # GE 1.x stores a pandas condition as {"pass_through_filter": ...}
+        text = condition.get("pass_through_filter") if isinstance(condition, dict) else None
+        out["row_condition"] = str(text or condition)
     if "observed_value" in result:
         out["observed_value"] = result["observed_value"]
     exception = _exception_message(res.exception_info or {})
@@ -530,6 +571,7 @@ def _validate_frame(
     build: Callable[[], Any],
     settings: Settings,
     run_name: str,
+    **extra: Any,
 ) -> dict:
     context = _context(settings)
     suite = build()
@@ -544,6 +586,7 @@ def _validate_frame(
         rows=len(frame),
         validated_rows=len(sample),
         partitions=[],
+        **extra,
     )
 
 
@@ -589,15 +632,37 @@ def _with_query_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _null_shares(frame: pd.DataFrame) -> dict[str, Any]:
+    """Overall null share per model feature, and the share of rows without user/item history.
+
+    Reported beside the suite: the suite itself only judges nulls where history exists.
+    """
+    present = [f for f in MODEL_FEATURES if f in frame.columns]
+    shares = frame[present].isna().mean() if len(frame) else pd.Series(0.0, index=present)
+    out: dict[str, Any] = {"null_shares": {f: round(float(v), 4) for f, v in shares.items()}}
+    for kind, key in (("user", "user_cnt_all"), ("item", "item_pop_all")):
+        if key in frame.columns and len(frame):
+            out[f"{kind}_without_history_share"] = round(float(frame[key].isna().mean()), 4)
+    return out
+
+
 def validate_training_set(frame: pd.DataFrame, *, settings: Settings, run_name: str) -> dict:
     """Run the ``training_set`` suite on a joined training set (one row per candidate).
 
     Checks: required columns (MODEL_FEATURES, label, query/user/item ids, event_timestamp)
     non-null keys and labels, label within [0, rating_max], (query_id, item_id) unique,
-    every query with >= 2 candidates and >= 1 positive (``label > 0``), each model feature at
-    most ``max_training_null_fraction`` null (features past their TTL are legitimately
-    missing), and the share of positive rows within ``min_positive_share``..
-    ``max_positive_share``.
+    every query with >= 2 candidates and >= 1 positive (``label > 0``), and the share of
+    positive rows within ``min_positive_share``..``max_positive_share``.
+
+    Feature nulls are judged only where the entity has history before the query time:
+    a user (item) without a feature row (``user_cnt_all`` / ``item_pop_all`` null: new, or
+    quiet past the TTL) has every feature of its view null, and that is expected, as the
+    model handles missing values. Where the user (item) has history, each of its features
+    may be null in at most ``max_history_null_fraction`` of those rows (default 0); the
+    features that also need optional item metadata (:data:`METADATA_FEATURES`) in at most
+    ``max_training_null_fraction``. ``genre_match`` is judged where both have history.
+    The result also reports each feature's overall null share (``null_shares``) and the
+    shares of rows without user or item history, over the whole frame.
 
     The per-query columns are derived from the whole frame; a frame of more than
     ``validation_sample_rows`` rows is then validated on a seeded random sample of rows,
@@ -611,6 +676,7 @@ def validate_training_set(frame: pd.DataFrame, *, settings: Settings, run_name: 
         build=lambda: _build_training_suite(settings),
         settings=settings,
         run_name=run_name,
+        **_null_shares(frame),
     )
 
 
@@ -653,6 +719,8 @@ def failure_message(result: dict) -> str:
                 text += f" [{failed['check']}]"
             if failed.get("column"):
                 text += f" on {failed['column']}"
+            if failed.get("row_condition"):
+                text += f" where {failed['row_condition']}"
             if failed.get("unexpected_count") is not None:
                 text += f" ({failed['unexpected_count']} of {failed.get('element_count')} rows)"
             elif failed.get("exception"):

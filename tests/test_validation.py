@@ -478,3 +478,52 @@ def test_training_set_fails_on_labels_nulls_and_positive_share(settings: Setting
     )
     assert set(failed) == {"positive_label_share"}
     assert failed["positive_label_share"]["observed_value"] == 1.0
+
+
+def _new_users(frame: pd.DataFrame, share: float) -> pd.DataFrame:
+    """``frame`` with the first ``share`` of its queries by users without history yet."""
+    queries = sorted(frame["query_id"].unique())
+    new = frame["query_id"].isin(queries[: round(share * len(queries))])
+    frame.loc[new, [*USER_FEATURES, "genre_match"]] = float("nan")  # no feature row at all
+    return frame
+
+
+def test_training_set_passes_when_most_users_have_no_history_yet(settings: Settings) -> None:
+    frame = _new_users(good_training_set(queries=10), 0.6)  # 30 of 50 rows: new users
+
+    result = validate_training_set(frame, settings=settings, run_name="t")
+
+    assert result["passed"] is True, result["suites"]["training_set"]["failed_expectations"]
+    assert result["user_without_history_share"] == 0.6
+    assert result["item_without_history_share"] == 0.0
+    assert result["null_shares"]["user_cnt_all"] == 0.6
+    assert result["null_shares"]["genre_match"] == 0.6
+    assert result["null_shares"]["item_pop_30d"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("feature", "history"),
+    [("user_mean_rating", "user_cnt_all"), ("item_mean_rating", "item_pop_all")],
+)
+def test_training_set_fails_on_a_null_feature_where_history_exists(
+    settings: Settings, feature: str, history: str
+) -> None:
+    frame = _new_users(good_training_set(queries=10), 0.6)
+    row = frame.index[frame["user_cnt_all"].notna()][0]  # a user (and item) with history
+    frame.loc[row, feature] = float("nan")  # 1 of 50 rows: far below any overall share
+
+    result = validate_training_set(frame, settings=settings, run_name="t")
+
+    failed = _training_failures(result)
+    assert set(failed) == {f"expect_column_values_to_not_be_null:{feature}"}
+    assert failed[f"expect_column_values_to_not_be_null:{feature}"]["unexpected_count"] == 1
+    assert f"on {feature} where {history}.notnull()" in failure_message(result)
+
+
+def test_training_set_tolerates_missing_item_metadata_where_history_exists(
+    settings: Settings,
+) -> None:
+    frame = good_training_set(queries=10)
+    frame.loc[frame["item_id"] == 101, "item_age_years"] = float("nan")  # no release year
+
+    assert validate_training_set(frame, settings=settings, run_name="t")["passed"] is True
