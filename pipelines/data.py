@@ -2,6 +2,8 @@
 
 The generic format (one path for every data set):
 - ``interactions.parquet|csv``: user_id (str), item_id (str), rating (number), timestamp (unix s);
+  extra columns (such as the engagement columns of :mod:`pipelines.synth`) are allowed and are
+  not landed;
 - optional ``items.*``: item_id, title, genres (``|``-separated), year;
 - optional ``users.*``: user_id plus categorical attributes.
 """
@@ -180,6 +182,8 @@ def bootstrap(settings) -> dict:
         "last_date": days[-1].isoformat(),
         "partitions": len(days),
         "genres": genres,
+        "rating_min": float(inter["rating"].min()),
+        "rating_max": float(inter["rating"].max()),
     }
     (out / "dataset.json").write_text(json.dumps(facts, indent=2))
     return facts
@@ -187,3 +191,22 @@ def bootstrap(settings) -> dict:
 
 def dataset_facts(settings) -> dict:
     return json.loads((settings.dataset_dir / "dataset.json").read_text())
+
+
+def with_dataset_rating_range(settings):
+    """``settings`` with the rating range widened to the one bootstrap saw in the data set.
+
+    Only widened, never narrowed: ML-1M's ratings (1..5) keep the configured 0.5..5, and a
+    data set with other labels (``synth``: 0..3) passes without setting ``CR_RATING_*``.
+    Without facts (no bootstrap yet, or an older dataset.json) the settings stay as they are.
+    """
+    path = settings.dataset_dir / "dataset.json"
+    facts = dataset_facts(settings) if path.exists() else {}
+    if "rating_min" not in facts or "rating_max" not in facts:
+        return settings
+    return settings.model_copy(
+        update={
+            "rating_min": min(settings.rating_min, facts["rating_min"]),
+            "rating_max": max(settings.rating_max, facts["rating_max"]),
+        }
+    )
