@@ -140,6 +140,8 @@ def test_bootstrap_a_generic_dataset(tmp_path):
         "last_date": "2001-01-02",
         "partitions": 2,
         "genres": None,
+        "rating_min": 3.0,
+        "rating_max": 5.0,
     }
     assert facts["genres"] == ["Drama", "War"]
     assert data.dataset_facts(settings) == facts
