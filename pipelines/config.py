@@ -53,7 +53,6 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
     feature_ttl_days: int = 365
-    retrieval_chunk_rows: int = 20_000  # bounds the memory of Feast's file-store PIT join
 
     # --- training / evaluation --------------------------------------------
     spark_master: str = "local[2]"
@@ -64,7 +63,8 @@ class Settings(BaseSettings):
     eval_negatives_per_query: int = 50
     max_train_queries: int = 30_000
     max_positives_per_query: int = 50
-    num_workers: int = 2
+    num_workers: int = 2  # XGBoost workers (Spark tasks) in one fit
+    train_partitions: int = 2  # query-grouped partitions; XGBoost regroups to num_workers
     n_estimators: int = 200
     max_depth: int = 6
     learning_rate: float = 0.1

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -20,6 +22,7 @@ from pipelines.runs import write_json
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -81,66 +84,147 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     return {"start": view_start.isoformat(), "end": end.isoformat()}
 
 
-def historical_features(
-    settings: Settings, entity_df: pd.DataFrame, chunk_rows: int | None = None
-) -> pd.DataFrame:
-    """Point-in-time join of the ranker's feature service onto ``entity_df``.
+@dataclass(frozen=True)
+class ViewSpec:
+    """What a point-in-time join needs of one Feast feature view, read from the registry."""
 
-    ``entity_df`` needs ``user_id``, ``item_id`` (internal ints) and
-    ``event_timestamp``; every other column passes through, and rows keep their order.
-    The file store joins every entity row to every snapshot of its entity before it
-    filters by time, so the frame is retrieved in chunks to bound memory.
-    """
-    from tqdm.auto import tqdm
+    name: str
+    join_key: str
+    path: str
+    timestamp_field: str
+    ttl_seconds: int | None  # None: no TTL (Feast's ttl of 0)
+    features: tuple[str, ...]
 
-    store = open_store(settings)
-    service = store.get_feature_service(contracts.FEATURE_SERVICE)
-    chunk_rows = chunk_rows or settings.retrieval_chunk_rows
-    # Feast's file (Dask) store de-duplicates on the join keys seen *so far* plus the
-    # timestamp, so with a user view joined before an item view every row of a
-    # (user, timestamp) but one is dropped. A distinct sub-second offset per row keeps
-    # them apart; feature rows are stamped at midnight, so the offset changes no match.
-    offset = entity_df.groupby(["user_id", "event_timestamp"]).cumcount()
-    if len(offset) and int(offset.max()) >= 1000:
-        raise ValueError("at most 1000 candidates per (user, timestamp) in one retrieval")
-    keyed = entity_df.assign(
-        _row=range(len(entity_df)),
-        _ts=entity_df["event_timestamp"],
-        event_timestamp=entity_df["event_timestamp"] + pd.to_timedelta(offset, unit="ms"),
-    )
-    parts = []
-    starts = range(0, len(keyed), chunk_rows)
-    for start in tqdm(
-        starts, desc="feast point-in-time join", unit="chunk", disable=len(starts) < 2
-    ):
-        chunk = keyed.iloc[start : start + chunk_rows]
-        parts.append(store.get_historical_features(entity_df=chunk, features=service).to_df())
-    joined = pd.concat(parts, ignore_index=True) if parts else keyed.iloc[:0]
-    missing = keyed[~keyed["_row"].isin(joined["_row"])]
-    if len(missing):
-        joined = pd.concat(
-            [joined, _rows_without_fresh_features(store, missing)], ignore_index=True
+
+def service_views(store: FeatureStore, service_name: str) -> tuple[list[ViewSpec], list[Any]]:
+    """The batch views and the on-demand views of a feature service, as Feast registered them."""
+    service = store.get_feature_service(service_name)
+    on_demand_names = {v.name for v in store.list_on_demand_feature_views()}
+    views, on_demand = [], []
+    for projection in service.feature_view_projections:
+        if projection.name in on_demand_names:
+            on_demand.append(store.get_on_demand_feature_view(projection.name))
+            continue
+        view = store.get_feature_view(projection.name)
+        ttl = int(view.ttl.total_seconds()) if view.ttl else 0
+        views.append(
+            ViewSpec(
+                name=view.name,
+                join_key=view.entity_columns[0].name,
+                path=view.batch_source.path,
+                timestamp_field=view.batch_source.timestamp_field,
+                ttl_seconds=ttl or None,
+                features=tuple(f.name for f in projection.features),
+            )
         )
-    joined = joined.sort_values("_row").drop(columns=["_row", "event_timestamp"])
-    return joined.rename(columns={"_ts": "event_timestamp"}).reset_index(drop=True)
+    return views, on_demand
 
 
-def _rows_without_fresh_features(store: FeatureStore, missing: pd.DataFrame) -> pd.DataFrame:
-    """The file store drops an entity row whose entity has feature rows but none inside
-    ``[t - ttl, t]`` (a brand-new item, a user gone quiet), where a point-in-time join must
-    return nulls. Such rows are joined view by view and the on-demand feature computed
-    with the same function Feast runs, so no training or holdout row is lost."""
-    out = missing.copy()
-    for view, key, features in (
-        (contracts.USER_VIEW, "user_id", contracts.USER_FEATURES),
-        (contracts.ITEM_VIEW, "item_id", contracts.ITEM_FEATURES),
-    ):
-        refs = [f"{view}:{f}" for f in features]
-        got = store.get_historical_features(
-            entity_df=missing[["_row", key, "event_timestamp"]], features=refs
-        ).to_df()
-        out = out.merge(got[["_row", *features]], on="_row", how="left")
-    return out.assign(**contracts.genre_match(out))
+def as_of_join(
+    entities: DataFrame,
+    snapshots: DataFrame,
+    key: str,
+    features: Sequence[str],
+    ttl_seconds: int | None,
+) -> DataFrame:
+    """Each entity row plus the newest snapshot of its ``key`` at or before its
+    ``event_timestamp`` and no older than the TTL; nulls where there is none.
+
+    ``snapshots`` has ``key``, ``_fts`` (the snapshot time) and ``features``. A sort-merge
+    by key and time: the distinct (key, time) pairs of the entity rows and the snapshots
+    are sorted together per key, and each pair takes the last snapshot at or before it
+    (a snapshot stamped at the same instant counts, as in Feast). O(n log n) in pairs plus
+    snapshots, where Feast's stores join every entity row to every snapshot in the TTL.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    packed = snapshots.select(
+        key,
+        F.col("_fts").alias("_t"),
+        F.lit(0).alias("_kind"),
+        F.struct("_fts", *features).alias("_s"),
+    )
+    wanted = entities.select(key, F.col("event_timestamp").alias("_t")).distinct()
+    stacked = packed.unionByName(
+        wanted.select(
+            key,
+            "_t",
+            F.lit(1).alias("_kind"),
+            F.lit(None).cast(packed.schema["_s"].dataType).alias("_s"),
+        )
+    )
+    upto = (
+        Window.partitionBy(key)
+        .orderBy("_t", "_kind")
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    latest = stacked.withColumn("_s", F.last("_s", ignorenulls=True).over(upto)).where("_kind = 1")
+    fresh = F.col("_s._fts").isNotNull()
+    if ttl_seconds:
+        fresh = F.col("_s._fts") >= F.col("_t") - F.make_dt_interval(secs=F.lit(ttl_seconds))
+    found = latest.select(
+        key,
+        F.col("_t").alias("event_timestamp"),
+        *[F.when(fresh, F.col(f"_s.{f}")).alias(f) for f in features],
+    )
+    return entities.join(found, [key, "event_timestamp"], "left")
+
+
+def _on_demand(frame: DataFrame, odfv: Any) -> DataFrame:
+    """Add an on-demand view's features with the transformation Feast itself runs."""
+    from feast import types
+    from pyspark.sql.types import DoubleType, FloatType, LongType, StructField, StructType
+
+    spark_type = {types.Float64: DoubleType(), types.Float32: FloatType(), types.Int64: LongType()}
+    fields = [StructField(f.name, spark_type[f.dtype], True) for f in odfv.features]
+    schema = StructType([*frame.schema.fields, *fields])
+    udf = odfv.feature_transformation.udf
+    names = [f.name for f in fields]
+
+    def add(batches):
+        for batch in batches:
+            out = udf(batch)
+            yield batch.assign(**{n: out[n] for n in names})
+
+    return frame.mapInPandas(add, schema)
+
+
+def historical_features(spark: SparkSession, settings: Settings, entities: DataFrame) -> DataFrame:
+    """Point-in-time join of the ranker's feature service onto ``entities``, in Spark.
+
+    ``entities`` needs the join keys (``user_id``, ``item_id``) and ``event_timestamp``;
+    every other column passes through. The views, their sources, TTLs and the on-demand
+    transformation come from Feast's registry; the join is :func:`as_of_join` per view,
+    and the result stays a Spark DataFrame.
+    """
+    from pyspark.sql import functions as F
+
+    views, on_demand = service_views(open_store(settings), contracts.FEATURE_SERVICE)
+    out = entities
+    for view in views:
+        snapshots = spark.read.parquet(view.path).select(
+            F.col(view.join_key).cast("long").alias(view.join_key),
+            F.col(view.timestamp_field).alias("_fts"),
+            *view.features,
+        )
+        out = as_of_join(out, snapshots, view.join_key, view.features, view.ttl_seconds)
+    for odfv in on_demand:
+        out = _on_demand(out, odfv)
+    return out
+
+
+def historical_features_pandas(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`historical_features` for a small pandas frame (the served-row skew check);
+    rows keep their order."""
+    from pipelines.spark import get_spark
+
+    spark = get_spark(settings)
+    keyed = entity_df.assign(_row=range(len(entity_df)))
+    keyed["event_timestamp"] = pd.to_datetime(keyed["event_timestamp"], utc=True)
+    joined = historical_features(spark, settings, spark.createDataFrame(keyed)).toPandas()
+    joined = joined.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+    return joined.assign(event_timestamp=entity_df["event_timestamp"].to_numpy())
 
 
 def online_features(

@@ -174,7 +174,7 @@ def write_offline(frame: DataFrame, path: str) -> int:
     """Overwrite one Feast offline source (a re-run of the same date writes the same rows)."""
     ordered = frame.repartition(1).sortWithinPartitions(*frame.columns[:2])
     ordered.write.mode("overwrite").parquet(path)
-    return ordered.count()
+    return ordered.sparkSession.read.parquet(path).count()  # from the footers, no recompute
 
 
 def build_features(logical_date: date, settings) -> dict:
@@ -189,27 +189,31 @@ def build_features(logical_date: date, settings) -> dict:
     import json
 
     from pipelines import ids
-    from pipelines.data import read_generic
-    from pipelines.ingest import lake_days, read_lake
+    from pipelines.ingest import lake_days, lake_frame
     from pipelines.spark import get_spark
 
-    through = max([logical_date, *lake_days(settings)])
-    lake = read_lake(settings, until=through)
-    users = ids.update_mapping(settings.ids_dir / "users.parquet", lake["user_id"])
-    items = ids.update_mapping(settings.ids_dir / "items.parquet", lake["item_id"])
-    events = ids.internal_events(lake, users, items)
-    generic = read_generic(settings.dataset_dir)
-    facts = json.loads((settings.dataset_dir / "dataset.json").read_text())
-    attrs = item_attributes(generic.get("items"), items, facts.get("genres", []))
-
     spark = get_spark(settings)
-    user_df, item_df = compute_features(spark, spark.createDataFrame(events), attrs, through)
+    through = max([logical_date, *lake_days(settings)])
+    lake = lake_frame(spark, settings, until=through)
+    users = ids.update_mapping(
+        settings.ids_dir / "users.parquet", ids.distinct_ids(lake, "user_id")
+    )
+    items = ids.update_mapping(
+        settings.ids_dir / "items.parquet", ids.distinct_ids(lake, "item_id")
+    )
+    events = ids.internal_events_spark(spark, lake, users, items)
+    meta_path = settings.dataset_dir / "items.parquet"
+    meta = pd.read_parquet(meta_path).astype({"item_id": "string"}) if meta_path.exists() else None
+    facts = json.loads((settings.dataset_dir / "dataset.json").read_text())
+    attrs = item_attributes(meta, items, facts.get("genres", []))
+
+    user_df, item_df = compute_features(spark, events, attrs, through)
     settings.offline_dir.mkdir(parents=True, exist_ok=True)
     n_users = write_offline(user_df, str(settings.offline_dir / "user_features"))
     n_items = write_offline(item_df, str(settings.offline_dir / "item_features"))
     return {
         "user_rows": n_users,
         "item_rows": n_items,
-        "events": len(events),
+        "events": lake.count(),
         "through": through.isoformat(),
     }

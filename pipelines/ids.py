@@ -7,8 +7,12 @@ so features, models and the online store stay valid as new data arrives.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 ID_COLUMNS = ["external_id", "internal_id"]
 
@@ -62,4 +66,33 @@ def internal_events(lake: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
             "rating": lake["rating"].astype("float64"),
             "timestamp": lake["timestamp"].astype("int64"),
         }
+    )
+
+
+def distinct_ids(frame: DataFrame, column: str) -> pd.Series:
+    """The distinct values of one id column of a Spark frame (small: one row per id)."""
+    return frame.select(column).distinct().toPandas()[column].astype("string")
+
+
+def internal_events_spark(
+    spark: SparkSession, lake: DataFrame, users: pd.DataFrame, items: pd.DataFrame
+) -> DataFrame:
+    """:func:`internal_events` in Spark: the id maps are broadcast, the events never
+    leave the executors."""
+    from pyspark.sql import functions as F
+
+    def lookup(mapping: pd.DataFrame, name: str) -> DataFrame:
+        frame = spark.createDataFrame(
+            mapping[ID_COLUMNS].astype({"external_id": "str", "internal_id": "int64"})
+        )
+        return F.broadcast(frame.toDF(name, f"_{name}"))
+
+    joined = lake.join(lookup(users, "user_id"), "user_id").join(
+        lookup(items, "item_id"), "item_id"
+    )
+    return joined.select(
+        F.col("_user_id").alias("user_id"),
+        F.col("_item_id").alias("item_id"),
+        F.col("rating").cast("double"),
+        F.col("timestamp").cast("long"),
     )

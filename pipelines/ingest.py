@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 from datetime import date
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pipelines.config import Settings
 from pipelines.data import partition_path
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def landed_days(settings: Settings) -> list[date]:
@@ -63,3 +67,19 @@ def read_lake(settings: Settings, until: date) -> pd.DataFrame:
     """Every validated interaction up to and including ``until``."""
     days = [d for d in lake_days(settings) if d <= until]
     return read_partitions(settings, days).drop(columns="partition_date")
+
+
+def lake_frame(spark: SparkSession, settings: Settings, until: date) -> DataFrame:
+    """Every validated interaction up to and including ``until``, read by Spark from the
+    date-partitioned lake (the driver holds only the list of partitions)."""
+    from pyspark.sql import functions as F
+
+    paths = [str(partition_path(settings.raw_dir, d)) for d in lake_days(settings) if d <= until]
+    if not paths:
+        raise FileNotFoundError(f"no validated partition up to {until} in {settings.raw_dir}")
+    return spark.read.parquet(*paths).select(
+        F.col("user_id").cast("string"),
+        F.col("item_id").cast("string"),
+        F.col("rating").cast("double"),
+        F.col("timestamp").cast("long"),
+    )

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from pipelines.config import Settings
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def get_spark(settings: Settings) -> SparkSession:
@@ -28,3 +28,10 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.driver.host", "127.0.0.1")
         .getOrCreate()
     )
+
+
+def sample_rows(frame: DataFrame, max_rows: int, seed: int) -> DataFrame:
+    """About ``max_rows`` rows of ``frame`` at random (all of a smaller one), for checks that
+    run on the driver."""
+    rows = frame.count()
+    return frame if rows <= max_rows else frame.sample(fraction=max_rows / rows, seed=seed)

@@ -45,7 +45,7 @@ def validate(logical_date: date) -> dict:
     import pyarrow.parquet as pq
 
     from pipelines import ids
-    from pipelines.data import partition_path
+    from pipelines.data import partition_path, with_dataset_rating_range
     from pipelines.ingest import lake_days, read_partitions
     from pipelines.validation import failure_message, quarantine_partition, validate_interactions
 
@@ -58,10 +58,12 @@ def validate(logical_date: date) -> dict:
     earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
     trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
     known = ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"]
+    # The rating range widens to what bootstrap saw (synth labels are 0..3), never narrows
+    # (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
     result = validate_interactions(
         frame,
         partition_dates=days,
-        settings=settings,
+        settings=with_dataset_rating_range(settings),
         run_name=f"raw-{logical_date}",
         trailing_daily_rows=trailing or None,
         known_item_ids=set(known.astype(str)) or None,
@@ -76,16 +78,22 @@ def validate(logical_date: date) -> dict:
 
 @stage("features")
 def build_features(logical_date: date) -> dict:
+    from pipelines.data import with_dataset_rating_range
     from pipelines.features import build_features as compute
+    from pipelines.spark import get_spark, sample_rows
     from pipelines.validation import failure_message, validate_features
 
     settings = get_settings()
     out = compute(logical_date, settings)
+    spark = get_spark(settings)
     results = {}
     for kind in ("user", "item"):
-        table = pd.read_parquet(settings.offline_dir / f"{kind}_features")
+        table = spark.read.parquet(str(settings.offline_dir / f"{kind}_features"))
         results[kind] = validate_features(
-            table, kind=kind, settings=settings, run_name=f"{kind}-features-{logical_date}"
+            sample_rows(table, settings.validation_sample_rows, settings.seed).toPandas(),
+            kind=kind,
+            settings=with_dataset_rating_range(settings),
+            run_name=f"{kind}-features-{logical_date}",
         )
     write_json(settings.run_dir(logical_date) / "features_validation.json", results)
     write_json(settings.run_dir(logical_date) / "features.json", out)
@@ -115,65 +123,80 @@ def materialize(logical_date: date) -> dict:
 
 @stage("training_set")
 def build_training_set(logical_date: date) -> dict:
-    """Training queries and holdout queries, with features joined point in time by Feast."""
+    """Training and holdout queries, joined point in time to the feature service, in Spark."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
     from pipelines import feature_store, ids
-    from pipelines.ingest import read_lake
-    from pipelines.training_set import build_queries, dataset_hash, day_bounds
+    from pipelines import training_set as ts
+    from pipelines.ingest import lake_frame
+    from pipelines.spark import get_spark
     from pipelines.validation import failure_message, validate_training_set
 
     settings = get_settings()
+    spark = get_spark(settings)
     run_dir = settings.run_dir(logical_date)
-    lake = read_lake(settings, until=logical_date)
-    events = ids.internal_events(
-        lake,
+    events = ids.internal_events_spark(
+        spark,
+        lake_frame(spark, settings, until=logical_date),
         ids.read_mapping(settings.ids_dir / "users.parquet"),
         ids.read_mapping(settings.ids_dir / "items.parquet"),
-    )
-    bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
-    train = build_queries(
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    impressions = ts.has_impressions(events)
+    bounds = ts.day_bounds(logical_date, settings.holdout_days, settings.train_days)
+    train = ts.build_queries(
+        spark,
         events,
         bounds["train_start"],
         bounds["train_end"],
         settings.negatives_per_query,
         settings.max_positives_per_query,
         settings.seed,
+        impressions,
     )
-    if train["query_id"].nunique() > settings.max_train_queries:
-        keep = (
-            train["query_id"]
-            .drop_duplicates()
-            .sample(settings.max_train_queries, random_state=settings.seed)
-        )
-        train = train[train["query_id"].isin(keep)]
-    holdout = build_queries(
+    train = ts.cap_queries(train, settings.max_train_queries, settings.seed)
+    holdout = ts.build_queries(
+        spark,
         events,
         bounds["train_end"] + 1,
         bounds["holdout_end"],
         settings.eval_negatives_per_query,
         10_000,
         settings.seed + 1,
+        impressions,
+        first_query_id=1 << 40,  # apart from every training query id
     )
-    holdout["query_id"] += int(train["query_id"].max()) + 1 if len(train) else 0
-    entities = pd.concat([train.assign(split="train"), holdout.assign(split="holdout")])
-    joined = feature_store.historical_features(settings, entities)
-    joined = joined.sort_values(["split", "query_id", "item_id"]).reset_index(drop=True)
-    train_set = joined[joined["split"] == "train"].drop(columns="split")
-    holdout_set = joined[joined["split"] == "holdout"].drop(columns="split")
-    train_set.to_parquet(run_dir / "training_set.parquet", index=False)
-    holdout_set.to_parquet(run_dir / "holdout.parquet", index=False)
+    entities = train.withColumn("split", F.lit("train")).unionByName(
+        holdout.withColumn("split", F.lit("holdout"))
+    )
+    joined = feature_store.historical_features(spark, settings, entities)
+    kept, dropped = ts.pairable_queries(joined.persist(StorageLevel.MEMORY_AND_DISK))
+    paths = {"train": run_dir / "training_set.parquet", "holdout": run_dir / "holdout.parquet"}
+    for split, path in paths.items():
+        rows = kept.where(F.col("split") == split).drop("split")
+        rows.orderBy("query_id", "item_id").write.mode("overwrite").parquet(str(path))
+    events.unpersist()
+    written = {split: spark.read.parquet(str(path)) for split, path in paths.items()}
+    sample = ts.sample_queries(written["train"], settings.validation_sample_rows, settings.seed)
     checked = validate_training_set(
-        train_set, settings=settings, run_name=f"training-{logical_date}"
+        sample.toPandas(), settings=settings, run_name=f"training-{logical_date}"
     )
     write_json(run_dir / "training_set_validation.json", checked)
     if not checked["passed"]:
         raise ValidationFailed(failure_message(checked))
+    counts = {
+        split: frame.agg(F.count("*"), F.countDistinct("query_id")).first()
+        for split, frame in written.items()
+    }
     out = {
-        "train_rows": len(train_set),
-        "train_queries": int(train_set["query_id"].nunique()),
-        "holdout_rows": len(holdout_set),
-        "holdout_queries": int(holdout_set["query_id"].nunique()),
-        "training_set_hash": dataset_hash(
-            train_set[[*contracts.MODEL_FEATURES, "label", "query_id"]]
+        "train_rows": counts["train"][0],
+        "train_queries": counts["train"][1],
+        "holdout_rows": counts["holdout"][0],
+        "holdout_queries": counts["holdout"][1],
+        "unpairable_queries_dropped": dropped,
+        "negatives": "impressions" if impressions else "sampled",
+        "training_set_hash": ts.dataset_hash(
+            written["train"], [*contracts.MODEL_FEATURES, "label", "query_id"]
         ),
         "bounds": bounds,
     }
@@ -188,17 +211,19 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
     from pipelines.spark import get_spark
 
     settings = get_settings()
+    spark = get_spark(settings)
     run_dir = settings.run_dir(logical_date)
-    train_set = pd.read_parquet(run_dir / "training_set.parquet")
+    train_set = spark.read.parquet(str(run_dir / "training_set.parquet"))
     if shuffle_labels:
         train_set = training.shuffle_labels(train_set, settings.seed)
     params = training.ranker_params(settings)
-    booster = training.train_ranker(get_spark(settings), train_set, params)
+    booster = training.train_ranker(train_set, params, settings.train_partitions)
     partial = run_dir / "candidate.partial.ubj"  # a kill mid-write leaves no half model
     booster.save_model(partial)
     partial.replace(run_dir / "candidate.ubj")
     out = {
         "params": params,
+        "partitions": settings.train_partitions,
         "shuffled_labels": shuffle_labels,
         "trees": booster.num_boosted_rounds(),
     }
@@ -264,7 +289,7 @@ def monitor(logical_date: date) -> dict:
         entities = served[["user_id", "item_id", "event_timestamp"]].astype(
             {"user_id": "int64", "item_id": "int64"}
         )
-        offline = feature_store.historical_features(settings, entities)
+        offline = feature_store.historical_features_pandas(settings, entities)
         skew = skew_report(served, offline, MONITORED_FEATURES)
     columns = [*MONITORED_FEATURES, "day", "user_id", "item_id"]
     train = pd.read_parquet(run_dir / "training_set.parquet", columns=columns)

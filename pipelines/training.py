@@ -10,7 +10,8 @@ from pipelines import contracts
 
 if TYPE_CHECKING:
     import xgboost
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame
+    from xgboost.spark import SparkXGBRanker
 
 
 def partition_by_query(frame: DataFrame, n_partitions: int) -> DataFrame:
@@ -32,30 +33,41 @@ def ranker_params(settings: Any) -> dict[str, Any]:
     }
 
 
-def train_ranker(
-    spark: SparkSession, train: pd.DataFrame, params: dict[str, Any]
-) -> xgboost.Booster:
-    """Fit ``SparkXGBRanker`` on ``train`` (MODEL_FEATURES, ``label``, ``query_id``)."""
+def ranker_input(train: DataFrame, partitions: int) -> DataFrame:
+    """The model's columns of ``train``, typed, grouped by query into ``partitions``."""
+    from pyspark.sql import functions as F
+
+    frame = train.select(
+        *[F.col(f).cast("float") for f in contracts.MODEL_FEATURES],
+        F.col("label").cast("float"),
+        F.col("query_id").cast("long"),
+    )
+    return partition_by_query(frame, partitions)
+
+
+def make_ranker(params: dict[str, Any]) -> SparkXGBRanker:
     from xgboost.spark import SparkXGBRanker
 
-    columns = [*contracts.MODEL_FEATURES, "label", "query_id"]
-    frame = train[columns].astype({f: "float32" for f in contracts.MODEL_FEATURES})
-    frame = frame.astype({"label": "float32", "query_id": "int64"})
-    sdf = partition_by_query(spark.createDataFrame(frame), params["num_workers"])
-    ranker = SparkXGBRanker(
+    return SparkXGBRanker(
         features_col=contracts.MODEL_FEATURES,
         label_col="label",
         qid_col="query_id",
         missing=float("nan"),
         **params,
     )
-    return ranker.fit(sdf).get_booster()
 
 
-def shuffle_labels(train: pd.DataFrame, seed: int) -> pd.DataFrame:
+def train_ranker(train: DataFrame, params: dict[str, Any], partitions: int) -> xgboost.Booster:
+    """Fit ``SparkXGBRanker`` on ``train`` (MODEL_FEATURES, ``label``, ``query_id``), a Spark
+    DataFrame all the way: the driver never holds the training rows. With ``partitions``
+    other than ``num_workers``, XGBoost regroups them by range of query id itself."""
+    return make_ranker(params).fit(ranker_input(train, partitions)).get_booster()
+
+
+def shuffle_labels(train: DataFrame, seed: int) -> DataFrame:
     """The same queries with labels permuted inside each query: a deliberately useless model."""
-    out = train.copy()
-    out["label"] = out.groupby("query_id")["label"].transform(
-        lambda s: s.sample(frac=1.0, random_state=seed).to_numpy()
-    )
-    return out
+
+    def permute(group: pd.DataFrame) -> pd.DataFrame:
+        return group.assign(label=group["label"].sample(frac=1.0, random_state=seed).to_numpy())
+
+    return train.groupBy("query_id").applyInPandas(permute, schema=train.schema)

@@ -9,84 +9,206 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines.features import EPOCH, day_number
 
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
 
-def sample_negatives(
-    rated: set[int], pool: np.ndarray, k: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Up to ``k`` distinct items of ``pool`` that are not in ``rated``."""
-    if pool.size <= 4 * (k + len(rated)):
-        allowed = pool[~np.isin(pool, list(rated))]
-        return rng.choice(allowed, size=min(k, allowed.size), replace=False).astype(np.int64)
-    picked: dict[int, None] = {}
-    while len(picked) < k:  # rejection sampling: the pool is much larger than what is excluded
-        for i in rng.choice(pool, size=2 * k, replace=False).tolist():
-            if i not in rated:
-                picked.setdefault(i)
-    return np.fromiter(picked, dtype=np.int64)[:k]
+
+def _rank(by: list[str], seed: int, *cols: str) -> Column:
+    """A seeded pseudo-random order inside each ``by`` group, the same whatever the
+    partitioning: a hash of the seed and the row's identity."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = F.xxhash64(F.lit(seed), *by, *cols)
+    return F.row_number().over(Window.partitionBy(*by).orderBy(order, *cols))
+
+
+def _small_frame(spark: SparkSession, frame: pd.DataFrame, ddl: str) -> DataFrame:
+    """A small driver-side table as a Spark DataFrame, empty or not."""
+    rows = frame.astype("int64").itertuples(index=False, name=None)
+    return spark.createDataFrame(list(rows) if len(frame) else [], ddl)
+
+
+def _catalogue(spark: SparkSession, events: DataFrame) -> tuple[DataFrame, np.ndarray]:
+    """Items by first day seen, indexed 0..n-1 (one row per item: small), and their days."""
+    from pyspark.sql import functions as F
+
+    first_day = F.min(F.floor(F.col("timestamp") / 86_400)).cast("long").alias("first_day")
+    first = events.groupBy("item_id").agg(first_day).toPandas()
+    first = first.sort_values(["first_day", "item_id"]).reset_index(drop=True)
+    frame = _small_frame(
+        spark,
+        pd.DataFrame({"_idx": np.arange(len(first), dtype=np.int64), "item_id": first["item_id"]}),
+        "_idx long, item_id long",
+    )
+    return frame, first["first_day"].to_numpy()
+
+
+def _sampled_negatives(
+    spark: SparkSession,
+    events: DataFrame,
+    queries: DataFrame,
+    k: int,
+    seed: int,
+) -> DataFrame:
+    """Up to ``k`` negatives per query (user, day): items in the catalogue strictly before
+    the day that the user never rated, at any time.
+
+    A query whose pool holds at most ``4 k`` items considers all of them; a larger pool is
+    drawn from ``4 k`` times (seeded hashes), which leaves ``k`` distinct unrated items
+    unless the user rated most of the catalogue.
+    """
+    from pyspark.sql import functions as F
+
+    catalogue, first_days = _catalogue(spark, events)
+    days = [int(d) for d in queries.select("day").distinct().toPandas()["day"]]
+    pool = _small_frame(
+        spark,
+        pd.DataFrame({"day": days, "_pool": np.searchsorted(first_days, days, side="left")}),
+        "day long, _pool long",
+    )
+    draws = 4 * k
+    per_query = queries.join(F.broadcast(pool), "day").where("_pool > 0")
+    per_query = per_query.select(
+        "user_id",
+        "day",
+        "_pool",
+        F.explode(F.sequence(F.lit(0), F.least(F.col("_pool"), F.lit(draws)) - 1)).alias("_j"),
+    )
+    idx = F.when(F.col("_pool") <= draws, F.col("_j")).otherwise(
+        F.pmod(F.xxhash64(F.lit(seed), "user_id", "day", "_j"), F.col("_pool"))
+    )
+    drawn = per_query.select("user_id", "day", idx.alias("_idx")).distinct()
+    rated = events.select("user_id", "item_id").distinct()
+    candidates = drawn.join(F.broadcast(catalogue), "_idx").join(
+        rated, ["user_id", "item_id"], "left_anti"
+    )
+    return (
+        candidates.withColumn("_r", _rank(["user_id", "day"], seed, "item_id"))
+        .where(F.col("_r") <= k)
+        .select("user_id", "item_id", "day", F.lit(0.0).alias("label"))
+    )
+
+
+def has_impressions(events: DataFrame) -> bool:
+    """Whether the data logs impressions: shown items with label 0 (skipped)."""
+    return bool(events.where("rating = 0").limit(1).count())
 
 
 def build_queries(
-    events: pd.DataFrame,
+    spark: SparkSession,
+    events: DataFrame,
     first_day: int,
     last_day: int,
     negatives: int,
     max_positives: int,
     seed: int,
-) -> pd.DataFrame:
+    impressions: bool,
+    first_query_id: int = 0,
+) -> DataFrame:
     """Candidates for every (user, day) query with ``first_day <= day <= last_day``.
 
-    ``events`` holds every interaction (internal ids, ``timestamp``), so that a
-    negative is never an item the user rated at any time, and an item counts as
-    in the catalogue on day d only if someone rated it before d.
+    ``events`` holds every interaction (internal ids, ``rating``, ``timestamp``). A query's
+    candidates are the items the user interacted with that day, labelled by the day's
+    latest rating: at most ``max_positives`` with a label above 0, chosen at random.
+    With ``impressions`` (the data logs shown-and-skipped items as label 0) its negatives
+    are up to ``negatives`` of those; otherwise they are sampled (:func:`_sampled_negatives`).
+    Query ids are dense from ``first_query_id`` in (user, day) order.
     Returns user_id, item_id, day, label, query_id, event_timestamp.
     """
-    rng = np.random.default_rng(seed)
-    days = (events["timestamp"] // 86_400).astype("int64")
-    first_seen = events.assign(day=days).groupby("item_id")["day"].min().sort_values()
-    catalogue = first_seen.index.to_numpy(dtype=np.int64)
-    catalogue_days = first_seen.to_numpy()
-    rated_by_user = events.groupby("user_id")["item_id"].agg(set).to_dict()
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
 
-    window = events.assign(day=days)
-    window = window[(window["day"] >= first_day) & (window["day"] <= last_day)]
-    window = window.sort_values(["user_id", "day", "timestamp", "item_id"])
-    parts: list[pd.DataFrame] = []
-    for (user, day), group in window.groupby(["user_id", "day"], sort=True):
-        positives = group.drop_duplicates("item_id", keep="last")  # the day's latest rating
-        if len(positives) > max_positives:
-            positives = positives.sample(n=max_positives, random_state=int(rng.integers(2**31)))
-        pool = catalogue[: np.searchsorted(catalogue_days, day, side="left")]
-        neg = sample_negatives(rated_by_user[user], pool, negatives, rng) if pool.size else []
-        parts.append(
-            pd.DataFrame(
-                {
-                    "user_id": user,
-                    "item_id": np.concatenate([positives["item_id"].to_numpy(), neg]),
-                    "day": day,
-                    "label": np.concatenate([positives["rating"].to_numpy(), np.zeros(len(neg))]),
-                }
-            )
+    day = F.floor(F.col("timestamp") / 86_400).cast("long")
+    window = events.withColumn("day", day).where(F.col("day").between(first_day, last_day))
+    latest = Window.partitionBy("user_id", "day", "item_id").orderBy(
+        F.col("timestamp").desc(), F.col("rating").desc()
+    )
+    shown = (
+        window.withColumn("_n", F.row_number().over(latest))
+        .where("_n = 1")
+        .select("user_id", "item_id", "day", F.col("rating").alias("label"))
+    )
+    positives = shown.where("label > 0")
+    positives = positives.withColumn("_r", _rank(["user_id", "day"], seed, "item_id")).where(
+        F.col("_r") <= max_positives
+    )
+    queries = positives.select("user_id", "day").distinct()
+    if impressions:
+        skipped = shown.where("label = 0").join(queries, ["user_id", "day"], "left_semi")
+        negs = skipped.withColumn("_r", _rank(["user_id", "day"], seed + 1, "item_id")).where(
+            F.col("_r") <= negatives
         )
-    if not parts:
-        return pd.DataFrame(
-            columns=["user_id", "item_id", "day", "label", "query_id", "event_timestamp"]
-        )
-    out = pd.concat(parts, ignore_index=True)
-    out["query_id"] = out.groupby(["user_id", "day"], sort=True).ngroup().astype("int64")
-    out["event_timestamp"] = pd.to_datetime(out["day"] * 86_400, unit="s", utc=True)
-    return out.astype({"user_id": "int64", "item_id": "int64", "label": "float64"})
+    else:
+        negs = _sampled_negatives(spark, events, queries, negatives, seed + 1)
+    columns = ["user_id", "item_id", "day", "label"]
+    rows = positives.select(*columns).unionByName(negs.select(*columns))
+    ids = queries.withColumn(
+        "query_id",
+        F.dense_rank().over(Window.orderBy("user_id", "day")) - 1 + F.lit(first_query_id),
+    )
+    return rows.join(ids, ["user_id", "day"]).select(
+        F.col("user_id").cast("long"),
+        F.col("item_id").cast("long"),
+        F.col("day").cast("long"),
+        F.col("label").cast("double"),
+        F.col("query_id").cast("long"),
+        F.timestamp_seconds(F.col("day") * 86_400).alias("event_timestamp"),
+    )
 
 
-def dataset_hash(frame: pd.DataFrame) -> str:
-    """A content hash of a training set, for lineage."""
-    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
-    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()[:16]
+def cap_queries(queries: DataFrame, max_queries: int, seed: int) -> DataFrame:
+    """At most ``max_queries`` whole queries, chosen at random (seeded)."""
+    from pyspark.sql import functions as F
+
+    ids = queries.select("query_id").distinct()
+    keep = ids.orderBy(F.xxhash64(F.lit(seed), "query_id"), "query_id").limit(max_queries)
+    return queries.join(keep, "query_id", "left_semi")
+
+
+def pairable_queries(frame: DataFrame) -> tuple[DataFrame, int]:
+    """The rows of queries that can form a pair (two candidates with different labels),
+    and how many queries could not: a query of one candidate, or all of one label, teaches
+    a ranker nothing. Such queries are dropped and counted, not failed on."""
+    from pyspark.sql import functions as F
+
+    labels = frame.groupBy("query_id").agg(F.countDistinct("label").alias("_labels"))
+    keep = labels.where("_labels >= 2").select("query_id")
+    dropped = labels.where("_labels < 2").count()
+    return frame.join(keep, "query_id", "left_semi"), int(dropped)
+
+
+def sample_queries(frame: DataFrame, max_rows: int, seed: int) -> DataFrame:
+    """About ``max_rows`` rows of whole queries chosen at random (seeded), so that checks
+    per query stay exact on the sample."""
+    from pyspark.sql import functions as F
+
+    rows = frame.count()
+    if rows <= max_rows:
+        return frame
+    buckets = 1_000_000
+    pick = F.pmod(F.xxhash64(F.lit(seed), "query_id"), F.lit(buckets)) < int(
+        buckets * max_rows / rows
+    )
+    return frame.where(pick)
+
+
+def dataset_hash(frame: DataFrame, columns: list[str]) -> str:
+    """An order-independent content hash of a training set, for lineage."""
+    from pyspark.sql import functions as F
+
+    row = frame.select(F.xxhash64(*columns).cast("decimal(38,0)").alias("h")).agg(
+        F.sum("h").alias("total"), F.count("*").alias("rows")
+    )
+    total, rows = row.first()
+    return hashlib.sha256(f"{total}:{rows}".encode()).hexdigest()[:16]
 
 
 def day_bounds(logical_date: date, holdout_days: int, train_days: int) -> dict[str, int]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from feast_repo import feast_repo
 
 from pipelines import contracts
-from pipelines.config import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -23,39 +21,26 @@ def _snapshot(key: str, entity: int, ts: datetime, features: list[str], value: f
 
 
 @pytest.fixture(scope="module")
-def store_settings(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("feast")
-    repo = data_dir / "repo"
-    shutil.copytree(PROJECT_ROOT / "features", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CR_DATA_DIR", str(data_dir))
-        mp.setenv("CR_FEATURE_REPO", str(repo))
-        get_settings.cache_clear()
-        for mod in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
-            mp.delitem(sys.modules, mod)
-        settings = get_settings()
-        # User 1: value 1 from day 1, value 3 from day 3. Items 1 and 2: 10 / 20 from day 1,
-        # 11 / 21 from day 3. Genre flags and affinities are the same value, so
-        # genre_match = 18 * aff * genre.
-        users = pd.DataFrame(
-            [
-                _snapshot("user_id", 1, DAY[0], contracts.USER_FEATURES, 0.01),
-                _snapshot("user_id", 1, DAY[2], contracts.USER_FEATURES, 0.03),
-            ]
-        )
-        items = pd.DataFrame(
-            [
-                _snapshot("item_id", 1, DAY[0], contracts.ITEM_FEATURES, 10),
-                _snapshot("item_id", 2, DAY[0], contracts.ITEM_FEATURES, 20),
-                _snapshot("item_id", 1, DAY[2], contracts.ITEM_FEATURES, 11),
-                _snapshot("item_id", 2, DAY[2], contracts.ITEM_FEATURES, 21),
-            ]
-        )
-        for name, frame in (("user_features", users), ("item_features", items)):
-            (settings.offline_dir / name).mkdir(parents=True)
-            frame.to_parquet(settings.offline_dir / name / "part-0.parquet", index=False)
+def store_settings(tmp_path_factory, spark):
+    # User 1: value 1 from day 1, value 3 from day 3. Items 1 and 2: 10 / 20 from day 1,
+    # 11 / 21 from day 3. Genre flags and affinities are the same value, so
+    # genre_match = 18 * aff * genre.
+    users = pd.DataFrame(
+        [
+            _snapshot("user_id", 1, DAY[0], contracts.USER_FEATURES, 0.01),
+            _snapshot("user_id", 1, DAY[2], contracts.USER_FEATURES, 0.03),
+        ]
+    )
+    items = pd.DataFrame(
+        [
+            _snapshot("item_id", 1, DAY[0], contracts.ITEM_FEATURES, 10),
+            _snapshot("item_id", 2, DAY[0], contracts.ITEM_FEATURES, 20),
+            _snapshot("item_id", 1, DAY[2], contracts.ITEM_FEATURES, 11),
+            _snapshot("item_id", 2, DAY[2], contracts.ITEM_FEATURES, 21),
+        ]
+    )
+    with feast_repo(tmp_path_factory.mktemp("feast"), users, items) as settings:
         yield settings
-        get_settings.cache_clear()
 
 
 def test_apply_registers_the_repo(store_settings):
@@ -86,8 +71,8 @@ def test_historical_retrieval_is_point_in_time_and_keeps_every_row(store_setting
             "label": [5.0, 0.0, 3.0, 0.0],
         }
     )
-    out = feature_store.historical_features(store_settings, entity_df)
-    # Two items for the same (user, timestamp) both survive (the Dask store alone drops one).
+    out = feature_store.historical_features_pandas(store_settings, entity_df)
+    # Two items for the same (user, timestamp) both survive (Feast's Dask store drops one).
     assert len(out) == 4
     assert out["label"].tolist() == [5.0, 0.0, 3.0, 0.0]
     assert out["event_timestamp"].tolist() == entity_df["event_timestamp"].tolist()
@@ -132,7 +117,7 @@ def test_rows_without_fresh_features_are_kept_with_nulls(store_settings):
             "label": [4.0, 5.0, 1.0],
         }
     )
-    out = feature_store.historical_features(store_settings, entity_df)
+    out = feature_store.historical_features_pandas(store_settings, entity_df)
     assert out["label"].tolist() == [4.0, 5.0, 1.0]
     assert out[contracts.USER_FEATURES].iloc[0].isna().all()  # user 1 not yet seen either
     np.testing.assert_allclose(out["item_pop_all"].iloc[1:], [10.0, 20.0])

@@ -13,7 +13,14 @@ from pipelines.config import Settings
 from pipelines.evaluation import per_query_metrics, summarise
 from pipelines.features import compute_features, day_number, item_attributes
 from pipelines.scoring import score, to_matrix
-from pipelines.training import partition_by_query, ranker_params, shuffle_labels, train_ranker
+from pipelines.training import (
+    make_ranker,
+    partition_by_query,
+    ranker_input,
+    ranker_params,
+    shuffle_labels,
+    train_ranker,
+)
 from pipelines.training_set import day_to_date
 
 pytestmark = pytest.mark.integration
@@ -240,7 +247,7 @@ def _synthetic(n_queries: int, per_query: int, seed: int, start_qid: int = 0) ->
 def test_train_ranker_learns_the_signal(spark) -> None:
     settings = Settings(n_estimators=20, num_workers=2, max_depth=3, seed=0)
     train = _synthetic(60, 10, seed=1)
-    booster = train_ranker(spark, train, ranker_params(settings))
+    booster = train_ranker(spark.createDataFrame(train), ranker_params(settings), 3)
     assert booster.num_features() == len(contracts.MODEL_FEATURES)
 
     holdout = _synthetic(40, 10, seed=2, start_qid=1_000)
@@ -255,12 +262,41 @@ def test_train_ranker_learns_the_signal(spark) -> None:
     assert model["ndcg@10"] > random["ndcg@10"] + 0.2
 
 
-def test_shuffle_labels_permutes_within_queries() -> None:
-    train = _synthetic(30, 10, seed=4)
-    shuffled = shuffle_labels(train, seed=5)
-    pd.testing.assert_frame_equal(shuffled.drop(columns="label"), train.drop(columns="label"))
+def test_shuffle_labels_permutes_within_queries(spark) -> None:
+    train = _synthetic(30, 10, seed=4).assign(item_id=lambda f: np.tile(np.arange(10), 30))
+    shuffled = (
+        shuffle_labels(spark.createDataFrame(train), seed=5)
+        .toPandas()
+        .set_index(["query_id", "item_id"])
+        .loc[pd.MultiIndex.from_frame(train[["query_id", "item_id"]])]
+        .reset_index()[train.columns]
+    )
+    pd.testing.assert_frame_equal(
+        shuffled.drop(columns="label"), train.drop(columns="label"), check_dtype=False
+    )
     for qid, group in train.groupby("query_id"):
         got = shuffled.loc[group.index, "label"]
         assert sorted(got) == sorted(group["label"]), qid  # the same multiset per query
     changed = (shuffled["label"] != train["label"]).groupby(train["query_id"]).any()
     assert changed.mean() > 0.5  # most queries get a different order
+
+
+@pytest.mark.parametrize(("partitions", "workers"), [(1, 2), (2, 2), (3, 2), (5, 1), (4, 3)])
+def test_no_query_group_is_split_on_the_way_into_xgboost(spark, partitions, workers) -> None:
+    """What XGBoost trains on, after its own repartitioning (xgboost#8491): each query
+    whole inside one partition and sorted, whatever the partition count and workers."""
+    rng = np.random.default_rng(partitions)
+    train = _synthetic(120, 1, seed=partitions)
+    train = train.loc[train.index.repeat(rng.integers(1, 9, len(train)))].sample(frac=1.0)
+    settings = Settings(num_workers=workers)
+    ranker = make_ranker(ranker_params(settings))
+    source = spark.createDataFrame(train).repartition(7)  # groups scattered on arrival
+    prepared, _ = ranker._prepare_input(ranker_input(source, partitions))
+    parts = prepared.rdd.mapPartitions(lambda rows: [[r.qid for r in rows]]).collect()
+    assert sum(len(p) for p in parts) == len(train)
+    owner: dict[int, int] = {}
+    for idx, part in enumerate(parts):
+        assert part == sorted(part)
+        for q in set(part):
+            assert owner.setdefault(q, idx) == idx, f"query {q} split across partitions"
+    assert len(owner) == 120
