@@ -65,3 +65,67 @@ def online_rows(settings: Settings) -> list[tuple]:
             for t in tables
             for row in db.execute(f'select entity_key, feature_name, value, event_ts from "{t}"')
         )
+
+
+def new_users_dataset(
+    out: Path, *, users: int = 300, items: int = 200, days: int = 90, seed: int = 1995
+) -> dict:
+    """Write a small 1995 data set in the generic format in which most users are new.
+
+    Like MovieLens-100k (1997-98): each user joins on a day of the span, rates nearly all
+    they will ever rate that day or the next, and only a quarter come back once later.
+    So on a query day most users have no feature history yet. Ratings (1-5) follow a
+    planted taste (the user's genre mix against the item's genres, plus item quality),
+    and items are picked by Zipf popularity, so a ranker has something to learn.
+    Deterministic for a seed. Returns the source folder's facts (rows, first/last date).
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    genres = ["Action", "Comedy", "Drama", "Romance", "Thriller", "Sci-Fi", "Horror", "Children"]
+    item_genres = [
+        rng.choice(len(genres), size=int(rng.integers(1, 3)), replace=False) for _ in range(items)
+    ]
+    quality = rng.normal(0.0, 1.0, items)
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.8
+    popularity = rng.permutation(popularity / popularity.sum())
+    start = int(pd.Timestamp("1995-01-01", tz="UTC").timestamp())
+    rows = []
+    for user in range(users):
+        taste = rng.dirichlet(np.full(len(genres), 0.5))
+        joined = int(rng.integers(0, days - 1))
+        first, later = int(rng.integers(8, 30)), int(rng.integers(3, 8))
+        picked = rng.choice(items, size=first + later, replace=False, p=popularity)
+        rated_on = np.where(rng.random(first) < 0.8, joined, joined + 1).tolist()
+        if rng.random() < 0.25 and joined + 2 < days:  # comes back once, on a later day
+            rated_on += [int(rng.integers(joined + 2, days))] * later
+        for item, day in zip(picked, rated_on, strict=False):
+            match = taste[item_genres[item]].sum()
+            score = 2.0 + 4.0 * match + 0.8 * quality[item] + rng.normal(0.0, 0.5)
+            rows.append(
+                {
+                    "user_id": f"u{user:03d}",
+                    "item_id": f"m{item:03d}",
+                    "rating": float(np.clip(np.rint(score), 1, 5)),
+                    "timestamp": start + day * 86_400 + int(rng.integers(0, 86_400)),
+                }
+            )
+    interactions = pd.DataFrame(rows).sort_values("timestamp", kind="stable")
+    catalogue = pd.DataFrame(
+        {
+            "item_id": [f"m{i:03d}" for i in range(items)],
+            "title": [f"Movie {i} (1995)" for i in range(items)],
+            "genres": ["|".join(genres[g] for g in gs) for gs in item_genres],
+            "year": rng.integers(1930, 1996, items),
+        }
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    interactions.to_parquet(out / "interactions.parquet", index=False)
+    catalogue.to_parquet(out / "items.parquet", index=False)
+    days_seen = pd.to_datetime(interactions["timestamp"], unit="s", utc=True).dt.date
+    return {
+        "rows": len(interactions),
+        "first_date": min(days_seen),
+        "last_date": max(days_seen),
+    }
