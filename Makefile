@@ -27,7 +27,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve rollback clean
+.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve bench-training-set rollback synth clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -44,9 +44,12 @@ airflow-db: install
 bootstrap: install
 	$(CLI) bootstrap
 
-# One DAG run through Airflow, for the last landed day.
+# One DAG run through Airflow, for the last landed day. Airflow calls a run that
+# executed no task a success, so `check-run` then demands this run's summary and timings.
 dag: airflow-db
-	$(RUN) airflow dags test ranker_training "$$($(CLI) last-date)"
+	@day="$$($(CLI) last-date)" && since="$$(date +%s)" && set -x && \
+	$(RUN) airflow dags test ranker_training "$$day" && \
+	$(CLI) check-run "$$day" --since "$$since"
 
 run: bootstrap dag
 	$(CLI) demo
@@ -67,10 +70,21 @@ backfill: airflow-db
 rollback: install
 	$(CLI) rollback
 
+# A synthetic short-video impression feed in the generic format: make synth EVENTS=N OUT=DIR,
+# then make run DATASET=DIR. SEED and DAYS are optional.
+synth: install
+	@test -n "$(EVENTS)" -a -n "$(OUT)" || (echo "usage: make synth EVENTS=N OUT=DIR"; exit 2)
+	$(CLI) synth --events $(EVENTS) --out $(OUT) $(if $(SEED),--seed $(SEED)) $(if $(DAYS),--days $(DAYS))
+
 # Load the real server over loopback (fast, Feast-SDK and echo paths, hot swap);
 # writes benchmarks/results/serve.json. BENCH_ARGS=--quick for a short run.
 bench-serve: install
 	$(RUN) python -m benchmarks.serve_bench $(BENCH_ARGS)
+
+# The training set's point-in-time join, Feast's file store against the Spark as-of join,
+# on the data of a finished `make run`; writes benchmarks/results/training_set.json.
+bench-training-set: install
+	$(RUN) python -m benchmarks.training_set_bench $(BENCH_ARGS)
 
 lint: install
 	$(RUN) ruff check .

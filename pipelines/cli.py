@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -36,6 +37,64 @@ def last_date() -> None:
     from pipelines.data import dataset_facts
 
     print(dataset_facts(get_settings())["last_date"])
+
+
+# The ``@stage`` names in pipelines/tasks.py: a completed run records a timing for each.
+RUN_STAGES = (
+    "ingest",
+    "validate",
+    "features",
+    "materialize",
+    "training_set",
+    "train",
+    "evaluate",
+    "monitor",
+    "gate",
+    "register",
+    "infra_validate",
+    "promote",
+)
+
+
+@app.command("check-run")
+def check_run(
+    day: str = typer.Argument(..., help="The run's logical date, YYYY-MM-DD."),
+    since: float = typer.Option(
+        ..., help="Unix time the run started: older artifacts are from an earlier run."
+    ),
+    run_id: str | None = typer.Option(None, help="Also require the summary to name this run."),
+) -> None:
+    """Fail unless the run of DAY wrote its summary after SINCE and timed every stage.
+
+    Airflow reports a run that executed no task (a logical date before the DAG's
+    start_date) as successful; this turns that, and a stale summary left by an
+    earlier run of the same date, into a non-zero exit.
+    """
+    from pipelines.runs import as_date, read_json
+
+    run_dir = get_settings().run_dir(as_date(day))
+    problems = []
+    summary_path, timings_path = run_dir / "summary.json", run_dir / "timings.json"
+    summary = read_json(summary_path, {})
+    timings = read_json(timings_path, {})
+    if not summary:
+        problems.append(f"no summary at {summary_path}: no task of the run got that far")
+    elif summary_path.stat().st_mtime < since:
+        problems.append(f"{summary_path} is older than the run: an earlier run wrote it")
+    elif run_id is not None and summary.get("run_id") != run_id:
+        problems.append(f"{summary_path} is from run {summary.get('run_id')!r}, not {run_id!r}")
+    if timings and timings_path.stat().st_mtime < since:
+        timings = {}  # every stage rewrites this file: an old one says nothing of this run
+    missing = [s for s in RUN_STAGES if s not in timings]
+    if missing:
+        problems.append(f"stages without a timing from this run: {', '.join(missing)}")
+    if problems:
+        console.print(f"[bold red]run {day} did not do its work[/]")
+        for problem in problems:
+            console.print(f"  - {problem}")
+        raise typer.Exit(1)
+    ran = ", ".join(f"{s} {timings[s]:.0f}s" for s in timings)
+    console.print(f"run {day} ({summary.get('run_id')}) ran {len(timings)} stages: {ran}")
 
 
 def metrics_table(summary: dict) -> Table:
@@ -124,6 +183,36 @@ def rollback() -> None:
     from pipelines import registry
 
     console.print(f"production is now {registry.rollback(get_settings())}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Directory to write the data set into.")],
+    events: Annotated[int, typer.Option(min=1, help="Impressions to generate.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same bytes.")] = 42,
+    days: Annotated[int, typer.Option(min=1, help="Days of history, ending 2026-06-30.")] = 180,
+) -> None:
+    """Write a synthetic short-video impression feed with a planted ground truth to OUT."""
+    import time
+
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pipelines.synth import SynthConfig, generate
+
+    cfg = SynthConfig(events=events, seed=seed, days=days)
+    started = time.perf_counter()
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("impressions", total=events)
+        facts = generate(cfg, out, progress=lambda n: bar.update(task, completed=n))
+        bar.update(task, total=facts["events"])  # a few fewer when a session ran out of items
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"[bold]{out}[/]: {facts['events']:,} impressions ({facts['positive_share']:.1%} with "
+        f"rating > 0), {facts['users']:,} users, {facts['items']:,} items, "
+        f"{facts['first_date']} .. {facts['last_date']}; "
+        f"{elapsed:.1f} s, {facts['events'] / elapsed:,.0f} events/s"
+    )
 
 
 if __name__ == "__main__":
