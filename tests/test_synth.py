@@ -242,3 +242,33 @@ def test_a_landed_synth_partition_passes_the_raw_contract(feed: Path, tmp_path: 
 
     assert check(with_dataset_rating_range(settings))["passed"] is True
     assert check(settings)["passed"] is False
+
+
+def test_bootstrap_writes_the_truth_of_the_sampled_users_and_only_with_p_engage(
+    feed: Path, impressions: pd.DataFrame, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, dataset=str(feed), sample_users=40)
+    bootstrap(settings)
+    truth = pd.read_parquet(settings.dataset_dir / "truth.parquet")
+    sampled = pd.read_parquet(settings.dataset_dir / "interactions.parquet")
+
+    assert truth.columns.tolist() == ["user_id", "item_id", "day", "p_engage"]
+    assert set(truth["user_id"]) == set(sampled["user_id"]) and sampled["user_id"].nunique() == 40
+    keys = sampled.assign(day=sampled["timestamp"] // DAY)[["user_id", "item_id", "day"]]
+    assert len(truth) == len(keys.drop_duplicates())
+    expected = impressions[impressions["user_id"].isin(set(sampled["user_id"]))]
+    expected = expected.drop_duplicates(["user_id", "item_id", "day"], keep="last")
+    merged = truth.merge(expected, on=["user_id", "item_id", "day"], suffixes=("", "_src"))
+    assert len(merged) == len(truth)
+    np.testing.assert_allclose(merged["p_engage"], merged["p_engage_src"], rtol=1e-6)
+
+    # An ML-1M-style data set (the four standard columns) has no truth: none is written, and
+    # the earlier data set's is gone.
+    source = tmp_path / "ratings"
+    source.mkdir()
+    impressions[["user_id", "item_id", "rating", "timestamp"]].to_parquet(
+        source / "interactions.parquet"
+    )
+    bootstrap(Settings(data_dir=tmp_path, dataset=str(source), sample_users=40))
+    assert (settings.dataset_dir / "interactions.parquet").exists()
+    assert not (settings.dataset_dir / "truth.parquet").exists()
