@@ -58,6 +58,41 @@ def baseline_scores(holdout: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
     return {"random": rng.random(len(holdout)), "popularity": popularity}
 
 
+NO_TRUTH = -1.0  # below every probability: an unshown candidate ranks last in the oracle
+
+
+def oracle_scores(
+    holdout: pd.DataFrame, truth: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
+) -> np.ndarray:
+    """The planted engagement probability of each holdout row: the oracle ranker's scores.
+
+    ``holdout`` has internal ``user_id``, ``item_id`` and ``day``; ``truth`` has external ids,
+    ``day`` and ``p_engage`` (:func:`pipelines.data.truth_by_day`); ``users`` and ``items`` are
+    the id maps. A candidate the user was never shown that day (a sampled negative) has no
+    truth row and scores :data:`NO_TRUTH`: the planted model only speaks for impressions, and
+    such a candidate is labelled 0, so the oracle knows to put it last.
+    """
+
+    def external(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
+        lookup = pd.Series(
+            mapping["external_id"].astype(str).to_numpy(),
+            index=mapping["internal_id"].astype("int64").to_numpy(),
+        )
+        return ids.astype("int64").map(lookup)
+
+    keys = ["user_id", "item_id", "day"]
+    rows = pd.DataFrame(
+        {
+            "user_id": external(holdout["user_id"], users).to_numpy(),
+            "item_id": external(holdout["item_id"], items).to_numpy(),
+            "day": holdout["day"].astype("int64").to_numpy(),
+        }
+    )
+    known = truth[[*keys, "p_engage"]].astype({"user_id": str, "item_id": str, "day": "int64"})
+    joined = rows.merge(known, on=keys, how="left", validate="many_to_one")
+    return joined["p_engage"].astype(float).fillna(NO_TRUTH).to_numpy()
+
+
 def query_slices(
     holdout: pd.DataFrame, cold_max: int, heavy_min: int, genres: list[str]
 ) -> pd.DataFrame:

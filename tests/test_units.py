@@ -374,3 +374,76 @@ def test_drop_unpairable_queries_keeps_order_and_index_and_counts_queries() -> N
     assert dropped == 2
     empty, none_dropped = drop_unpairable_queries(frame.iloc[:0])
     assert empty.empty and none_dropped == 0
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+def test_truth_by_day_keeps_the_last_impression_of_a_day() -> None:
+    from pipelines.data import truth_by_day
+
+    day = 20_000 * 86_400
+    truth = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u1", "u2"],
+            "item_id": ["a", "a", "a", "a"],
+            # u1/a twice on day 20000 (the later one, 0.6, wins), once on day 20001.
+            "timestamp": [day + 50, day + 10, day + 86_400, day + 5],
+            "p_engage": np.array([0.6, 0.2, 0.9, 0.4], dtype=np.float32),
+        }
+    )
+
+    out = truth_by_day(truth).sort_values(["user_id", "day"]).reset_index(drop=True)
+
+    assert out.columns.tolist() == ["user_id", "item_id", "day", "p_engage"]
+    assert out["user_id"].tolist() == ["u1", "u1", "u2"]
+    assert out["day"].tolist() == [20_000, 20_001, 20_000]
+    np.testing.assert_allclose(out["p_engage"], [0.6, 0.9, 0.4], rtol=1e-6)
+
+
+def test_oracle_scores_look_up_the_truth_by_external_id_and_day() -> None:
+    from pipelines.evaluation import NO_TRUTH, oracle_scores
+
+    users, items = _mapping({"u1": 1, "u2": 2}), _mapping({"a": 10, "b": 11, "c": 12})
+    truth = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2", "u3"],
+            "item_id": ["a", "b", "a", "a", "a"],
+            "day": [100, 100, 100, 101, 100],
+            "p_engage": [0.3, 0.9, 0.7, 0.5, 0.1],
+        }
+    )
+    holdout = pd.DataFrame(
+        {
+            "query_id": [0, 0, 0, 1],
+            "user_id": [1, 1, 1, 2],
+            "item_id": [11, 12, 10, 10],  # 12 = c: a sampled negative, never shown
+            "day": [100, 100, 100, 101],  # u2's query is on day 101, not the 0.7 of day 100
+            "label": [2.0, 0.0, 1.0, 1.0],
+        }
+    )
+
+    scores = oracle_scores(holdout, truth, users, items)
+
+    assert scores.tolist() == [0.9, NO_TRUTH, 0.3, 0.5]
+    metrics = per_query_metrics(holdout.assign(score=scores), "score", seed=0)
+    assert metrics["ndcg@10"].tolist() == [1.0, 1.0]  # b (2), a (1), then c (0)
+
+
+def test_an_oracle_row_is_shown_and_not_gated() -> None:
+    from pipelines.cli import metrics_table
+    from pipelines.report import _rankers
+
+    metrics = {
+        "production": None,
+        "model": {"ndcg@10": 0.3, "map@10": 0.2, "recall@10": 0.4, "queries": 5},
+        "popularity": {"ndcg@10": 0.2, "map@10": 0.1, "recall@10": 0.3, "queries": 5},
+        "oracle": {"ndcg@10": 0.1, "map@10": 0.1, "recall@10": 0.1, "queries": 5},
+    }
+
+    decision = gate(metrics, tolerance=0.0)  # the oracle (0.1 here) is no bar for the model
+    table = metrics_table({"logical_date": "2026-06-30", "metrics": metrics})
+
+    assert decision["passed"] is True and "oracle" not in decision["reason"]
+    assert list(table.columns[0].cells) == ["production", "model", "popularity", "oracle"]
+    assert _rankers({"metrics": metrics}) == ["model", "popularity", "oracle"]
