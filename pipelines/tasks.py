@@ -242,10 +242,11 @@ def _load_candidate(run_dir):
 
 @stage("evaluate")
 def evaluate(logical_date: date) -> dict:
-    """Model, random, popularity and the production model on the same holdout queries."""
+    """Model, random, popularity and the production model on the same holdout queries,
+    and the oracle (the planted truth) when the data set has one."""
 
-    from pipelines import evaluation, registry, scoring
-    from pipelines.data import dataset_facts
+    from pipelines import evaluation, ids, registry, scoring
+    from pipelines.data import dataset_facts, load_truth
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
@@ -257,6 +258,14 @@ def evaluate(logical_date: date) -> dict:
     production = registry.production_tag(settings)
     if production is not None:
         scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
+    truth = load_truth(settings, int(holdout["day"].min()), int(holdout["day"].max()))
+    if truth is not None:
+        scores["oracle"] = evaluation.oracle_scores(
+            holdout,
+            truth,
+            ids.read_mapping(settings.ids_dir / "users.parquet"),
+            ids.read_mapping(settings.ids_dir / "items.parquet"),
+        )
     metrics: dict[str, dict | None] = {"production": None}
     per_query = {}
     for name, values in scores.items():
