@@ -224,18 +224,3 @@ def day_to_date(day: int) -> date:
 
 def utc_midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def drop_unpairable_queries(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The rows of queries that can form a training pair, and how many queries were dropped.
-
-    A ranker learns only from two candidates of one query with different labels: a pair
-    exists iff the query (``query_id``) has two candidates with different ``label``s.
-    A query with a single candidate, or whose candidates all share one label (no
-    positive, or only equal positives), teaches nothing, so it is dropped and counted
-    rather than failed on. Null labels never make a pair. Kept rows keep order and index.
-    """
-    labels = frame.groupby("query_id", sort=False, dropna=False)["label"].transform("nunique")
-    pairable = labels.ge(2)
-    dropped = frame.loc[~pairable, "query_id"].nunique(dropna=False)
-    return frame[pairable], int(dropped)

@@ -153,6 +153,25 @@ def test_impressions_give_the_skipped_items_as_negatives(spark) -> None:
     assert len(negatives) == 1 and negatives[0] in {21, 23}  # capped at 1, never item 10
 
 
+@pytest.mark.parametrize(
+    ("labels", "kept"),
+    [
+        ([4.0, 0.0, 0.0], True),  # a positive and negatives
+        ([5.0, 3.0], True),  # two graded positives: still a pair
+        ([4.0], False),  # a single candidate
+        ([0.0, 0.0, 0.0], False),  # no positive
+        ([3.0, 3.0], False),  # equal positives, nothing below them
+        ([4.0, None], False),  # a null label never makes a pair
+    ],
+)
+def test_pairable_queries_one_query(spark, labels: list[float | None], kept: bool) -> None:
+    frame = spark.createDataFrame(
+        [(7, i, lbl) for i, lbl in enumerate(labels)], "query_id long, item_id long, label double"
+    )
+    rows, dropped = pairable_queries(frame)
+    assert (rows.count(), dropped) == ((len(labels), 0) if kept else (0, 1))
+
+
 def test_pairable_queries_drop_and_count(spark) -> None:
     frame = spark.createDataFrame(
         pd.DataFrame(

@@ -332,50 +332,6 @@ def test_to_matrix_explicit_columns_and_empty() -> None:
     assert to_matrix(pd.DataFrame(columns=["a"])).shape == (0, len(contracts.MODEL_FEATURES))
 
 
-# --------------------------------------------------------------------------- unpairable queries
-
-
-@pytest.mark.parametrize(
-    ("labels", "kept"),
-    [
-        ([4.0, 0.0, 0.0], True),  # a positive and negatives
-        ([5.0, 3.0], True),  # two graded positives: still a pair
-        ([4.0], False),  # a single candidate
-        ([0.0, 0.0, 0.0], False),  # no positive
-        ([3.0, 3.0], False),  # equal positives, nothing below them
-        ([4.0, float("nan")], False),  # a null label never makes a pair
-    ],
-)
-def test_drop_unpairable_queries_one_query(labels: list[float], kept: bool) -> None:
-    from pipelines.training_set import drop_unpairable_queries
-
-    frame = pd.DataFrame({"query_id": 7, "item_id": range(len(labels)), "label": labels})
-
-    rows, dropped = drop_unpairable_queries(frame)
-
-    assert (len(rows), dropped) == ((len(labels), 0) if kept else (0, 1))
-
-
-def test_drop_unpairable_queries_keeps_order_and_index_and_counts_queries() -> None:
-    from pipelines.training_set import drop_unpairable_queries
-
-    frame = pd.DataFrame(
-        {
-            "query_id": [2, 2, 1, 3, 3, 1, 4],
-            "item_id": [10, 11, 12, 13, 14, 15, 16],
-            "label": [0.0, 0.0, 4.0, 1.0, 0.0, 0.0, 5.0],
-        },
-        index=[10, 11, 12, 13, 14, 15, 16],
-    )
-
-    rows, dropped = drop_unpairable_queries(frame)
-
-    assert rows.index.tolist() == [12, 13, 14, 15]  # queries 1 and 3; 2 (no positive), 4 (alone)
-    assert dropped == 2
-    empty, none_dropped = drop_unpairable_queries(frame.iloc[:0])
-    assert empty.empty and none_dropped == 0
-
-
 # --------------------------------------------------------------------------- oracle
 
 
