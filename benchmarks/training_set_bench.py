@@ -75,40 +75,13 @@ def entity_rows(spark, settings, logical_date: date):
     """The training set's entity rows as the task builds them (train and holdout queries)."""
     from pyspark.sql import functions as F
 
-    from pipelines import ids
     from pipelines import training_set as ts
-    from pipelines.ingest import lake_frame
+    from pipelines.ingest import lake_events
 
-    events = ids.internal_events_spark(
-        spark,
-        lake_frame(spark, settings, until=logical_date),
-        ids.read_mapping(settings.ids_dir / "users.parquet"),
-        ids.read_mapping(settings.ids_dir / "items.parquet"),
+    queries = ts.queries_for(
+        spark, lake_events(spark, settings, logical_date), logical_date, settings
     )
-    impressions = ts.has_impressions(events)
-    bounds = ts.day_bounds(logical_date, settings.holdout_days, settings.train_days)
-    train = ts.build_queries(
-        spark,
-        events,
-        bounds["train_start"],
-        bounds["train_end"],
-        settings.negatives_per_query,
-        settings.max_positives_per_query,
-        settings.seed,
-        impressions,
-    )
-    train = ts.cap_queries(train, settings.max_train_queries, settings.seed)
-    holdout = ts.build_queries(
-        spark,
-        events,
-        bounds["train_end"] + 1,
-        bounds["holdout_end"],
-        settings.eval_negatives_per_query,
-        10_000,
-        settings.seed + 1,
-        impressions,
-        first_query_id=1 << 40,
-    )
+    train, holdout = queries["train"], queries["holdout"]
     return (
         train.unionByName(holdout)
         .select("user_id", "item_id", "event_timestamp", "label", "query_id")

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     negatives_per_query: int = 20
     eval_negatives_per_query: int = 50
     max_train_queries: int = 30_000
+    max_holdout_queries: int = 20_000  # whole queries, sampled: evaluation runs on the driver
     max_positives_per_query: int = 50
     num_workers: int = 2  # XGBoost workers (Spark tasks) in one fit
     train_partitions: int = 2  # query-grouped partitions; XGBoost regroups to num_workers

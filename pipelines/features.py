@@ -201,7 +201,7 @@ def build_features(logical_date: date, settings) -> dict:
     items = ids.update_mapping(
         settings.ids_dir / "items.parquet", ids.distinct_ids(lake, "item_id")
     )
-    events = ids.internal_events_spark(spark, lake, users, items)
+    events = ids.internal_events(spark, lake, users, items)
     meta_path = settings.dataset_dir / "items.parquet"
     meta = pd.read_parquet(meta_path).astype({"item_id": "string"}) if meta_path.exists() else None
     facts = json.loads((settings.dataset_dir / "dataset.json").read_text())

@@ -57,28 +57,16 @@ def to_internal(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
     return ids.astype(str).map(lookup).astype("Int64")
 
 
-def internal_events(lake: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Interactions keyed by internal ids (every id must be mapped)."""
-    return pd.DataFrame(
-        {
-            "user_id": to_internal(lake["user_id"], users).astype("int64"),
-            "item_id": to_internal(lake["item_id"], items).astype("int64"),
-            "rating": lake["rating"].astype("float64"),
-            "timestamp": lake["timestamp"].astype("int64"),
-        }
-    )
-
-
 def distinct_ids(frame: DataFrame, column: str) -> pd.Series:
     """The distinct values of one id column of a Spark frame (small: one row per id)."""
     return frame.select(column).distinct().toPandas()[column].astype("string")
 
 
-def internal_events_spark(
+def internal_events(
     spark: SparkSession, lake: DataFrame, users: pd.DataFrame, items: pd.DataFrame
 ) -> DataFrame:
-    """:func:`internal_events` in Spark: the id maps are broadcast, the events never
-    leave the executors."""
+    """Interactions keyed by internal ids (every id must be mapped): the id maps are
+    broadcast, and the events never leave the executors."""
     from pyspark.sql import functions as F
 
     def lookup(mapping: pd.DataFrame, name: str) -> DataFrame:

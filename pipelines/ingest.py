@@ -63,12 +63,6 @@ def read_partitions(settings: Settings, days: list[date]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def read_lake(settings: Settings, until: date) -> pd.DataFrame:
-    """Every validated interaction up to and including ``until``."""
-    days = [d for d in lake_days(settings) if d <= until]
-    return read_partitions(settings, days).drop(columns="partition_date")
-
-
 def lake_frame(spark: SparkSession, settings: Settings, until: date) -> DataFrame:
     """Every validated interaction up to and including ``until``, read by Spark from the
     date-partitioned lake (the driver holds only the list of partitions)."""
@@ -82,4 +76,17 @@ def lake_frame(spark: SparkSession, settings: Settings, until: date) -> DataFram
         F.col("item_id").cast("string"),
         F.col("rating").cast("double"),
         F.col("timestamp").cast("long"),
+    )
+
+
+def lake_events(spark: SparkSession, settings: Settings, until: date) -> DataFrame:
+    """:func:`lake_frame` keyed by internal ids (user_id, item_id, rating, timestamp), through
+    the id maps that ``build_features`` keeps up to date."""
+    from pipelines import ids
+
+    return ids.internal_events(
+        spark,
+        lake_frame(spark, settings, until=until),
+        ids.read_mapping(settings.ids_dir / "users.parquet"),
+        ids.read_mapping(settings.ids_dir / "items.parquet"),
     )

@@ -127,45 +127,18 @@ def build_training_set(logical_date: date) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines import feature_store, ids
+    from pipelines import feature_store
     from pipelines import training_set as ts
-    from pipelines.ingest import lake_frame
+    from pipelines.ingest import lake_events
     from pipelines.spark import get_spark
     from pipelines.validation import failure_message, validate_training_set
 
     settings = get_settings()
     spark = get_spark(settings)
     run_dir = settings.run_dir(logical_date)
-    events = ids.internal_events_spark(
-        spark,
-        lake_frame(spark, settings, until=logical_date),
-        ids.read_mapping(settings.ids_dir / "users.parquet"),
-        ids.read_mapping(settings.ids_dir / "items.parquet"),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    impressions = ts.has_impressions(events)
-    bounds = ts.day_bounds(logical_date, settings.holdout_days, settings.train_days)
-    train = ts.build_queries(
-        spark,
-        events,
-        bounds["train_start"],
-        bounds["train_end"],
-        settings.negatives_per_query,
-        settings.max_positives_per_query,
-        settings.seed,
-        impressions,
-    )
-    train = ts.cap_queries(train, settings.max_train_queries, settings.seed)
-    holdout = ts.build_queries(
-        spark,
-        events,
-        bounds["train_end"] + 1,
-        bounds["holdout_end"],
-        settings.eval_negatives_per_query,
-        10_000,
-        settings.seed + 1,
-        impressions,
-        first_query_id=1 << 40,  # apart from every training query id
-    )
+    events = lake_events(spark, settings, logical_date).persist(StorageLevel.MEMORY_AND_DISK)
+    queries = ts.queries_for(spark, events, logical_date, settings)
+    train, holdout = queries["train"], queries["holdout"]
     entities = train.withColumn("split", F.lit("train")).unionByName(
         holdout.withColumn("split", F.lit("holdout"))
     )
@@ -194,11 +167,11 @@ def build_training_set(logical_date: date) -> dict:
         "holdout_rows": counts["holdout"][0],
         "holdout_queries": counts["holdout"][1],
         "unpairable_queries_dropped": dropped,
-        "negatives": "impressions" if impressions else "sampled",
+        "negatives": "impressions" if queries["impressions"] else "sampled",
         "training_set_hash": ts.dataset_hash(
             written["train"], [*contracts.MODEL_FEATURES, "label", "query_id"]
         ),
-        "bounds": bounds,
+        "bounds": queries["bounds"],
     }
     write_json(run_dir / "training_set.json", out)
     return out

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.config import Settings
 from pipelines.features import EPOCH, day_number
 
 if TYPE_CHECKING:
@@ -171,6 +172,47 @@ def cap_queries(queries: DataFrame, max_queries: int, seed: int) -> DataFrame:
     ids = queries.select("query_id").distinct()
     keep = ids.orderBy(F.xxhash64(F.lit(seed), "query_id"), "query_id").limit(max_queries)
     return queries.join(keep, "query_id", "left_semi")
+
+
+def queries_for(
+    spark: SparkSession, events: DataFrame, logical_date: date, settings: Settings
+) -> dict[str, Any]:
+    """The training and holdout queries of a run (entity rows, before features), the day
+    bounds, and whether the data logs impressions.
+
+    Training takes at most ``max_train_queries`` queries of the ``train_days`` before the
+    holdout, the holdout at most ``max_holdout_queries`` of the last ``holdout_days``;
+    holdout query ids start at 2**40, apart from every training id.
+    """
+    impressions = has_impressions(events)
+    bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
+    train = build_queries(
+        spark,
+        events,
+        bounds["train_start"],
+        bounds["train_end"],
+        settings.negatives_per_query,
+        settings.max_positives_per_query,
+        settings.seed,
+        impressions,
+    )
+    holdout = build_queries(
+        spark,
+        events,
+        bounds["train_end"] + 1,
+        bounds["holdout_end"],
+        settings.eval_negatives_per_query,
+        10_000,
+        settings.seed + 1,
+        impressions,
+        first_query_id=1 << 40,
+    )
+    return {
+        "train": cap_queries(train, settings.max_train_queries, settings.seed),
+        "holdout": cap_queries(holdout, settings.max_holdout_queries, settings.seed + 1),
+        "bounds": bounds,
+        "impressions": impressions,
+    }
 
 
 def pairable_queries(frame: DataFrame) -> tuple[DataFrame, int]:
