@@ -15,7 +15,6 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psutil
 from rich.console import Console
 
-from pipelines import contracts
+from pipelines import contracts, resources
 from pipelines.config import PROJECT_ROOT, get_settings
 from pipelines.data import dataset_facts
 
@@ -35,40 +33,14 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "training_set.json"
 console = Console()
 
 
-def _pss(proc: psutil.Process) -> int:
-    try:
-        return proc.memory_full_info().pss
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return 0
-
-
 @contextmanager
 def watch(result: dict[str, Any]) -> Iterator[None]:
-    """Wall time, and peak PSS of this Python driver and of its Spark JVM (sampled 5x/s)."""
-    me = psutil.Process()
-    peaks = {"driver_python": 0, "driver_jvm": 0}
-    cpu0 = me.cpu_times()
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peaks["driver_python"] = max(peaks["driver_python"], _pss(me))
-            jvm = sum(_pss(c) for c in me.children(recursive=True) if "java" in c.name())
-            peaks["driver_jvm"] = max(peaks["driver_jvm"], jvm)
-            stop.wait(0.2)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    """Wall time, and peak PSS and CPU of this driver and its Spark JVM, into ``result``."""
     started = time.perf_counter()
-    try:
+    with resources.watch() as cost:
         yield
-    finally:
-        result["wall_s"] = round(time.perf_counter() - started, 2)
-        stop.set()
-        thread.join()
-        cpu = me.cpu_times()
-        result["driver_python_cpu_s"] = round(cpu.user + cpu.system - cpu0.user - cpu0.system, 2)
-        result |= {f"{k}_peak_pss_mb": round(v / 2**20) for k, v in peaks.items()}
+    result["wall_s"] = round(time.perf_counter() - started, 2)
+    result |= cost
 
 
 def entity_rows(spark, settings, logical_date: date):

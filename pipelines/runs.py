@@ -31,7 +31,10 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def stage(name: str) -> Callable:
-    """Record the wall time of a stage in ``runs/<date>/timings.json`` (a re-run overwrites it)."""
+    """Record a stage's wall time in ``runs/<date>/timings.json`` and its peak PSS and CPU
+    time (driver and Spark JVM, :mod:`pipelines.resources`) in ``resources.json``; a re-run
+    overwrites the stage's entries."""
+    from pipelines import resources
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -39,12 +42,17 @@ def stage(name: str) -> Callable:
             day = as_date(logical_date)
             started = time.perf_counter()
             try:
-                return fn(day, *args, **kwargs)
+                with resources.watch() as cost:
+                    return fn(day, *args, **kwargs)
             finally:
-                path = get_settings().run_dir(day) / "timings.json"
-                timings = read_json(path, {})
-                timings[name] = round(time.perf_counter() - started, 2)
-                write_json(path, timings)
+                run_dir = get_settings().run_dir(day)
+                for file, value in (
+                    ("timings.json", round(time.perf_counter() - started, 2)),
+                    ("resources.json", cost),
+                ):
+                    recorded = read_json(run_dir / file, {})
+                    recorded[name] = value
+                    write_json(run_dir / file, recorded)
 
         return wrapper
 

@@ -515,6 +515,7 @@ def summarize(logical_date: date | str, run_id: str) -> str:
         "training_set": read_json(run_dir / "training_set.json"),
         "monitoring": read_json(run_dir / "monitoring.json"),
         "timings_s": read_json(run_dir / "timings.json", {}),
+        "resources": read_json(run_dir / "resources.json", {}),
         "report": str(run_dir / "report.html"),
     }
     path = write_json(run_dir / "summary.json", summary)

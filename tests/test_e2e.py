@@ -79,6 +79,16 @@ def test_dag_run_trains_evaluates_and_promotes(world):
         assert summary["timings_s"][task] >= 0
 
 
+def test_each_stage_records_its_memory_and_cpu(world):
+    costs = json.loads((world.settings.run_dir(world.first_run) / "resources.json").read_text())
+    assert set(costs) == set(_summary(world, world.first_run)["timings_s"])
+    for cost in costs.values():
+        assert cost["driver_peak_pss_mb"] > 50 and cost["driver_cpu_s"] >= 0
+    for spark_stage in ("features", "training_set", "train"):  # the JVM does their work
+        assert costs[spark_stage]["jvm_peak_pss_mb"] > 100
+        assert costs[spark_stage]["jvm_cpu_s"] > 1
+
+
 def test_model_lineage_is_recorded(world):
     from pipelines import registry
 
@@ -159,7 +169,7 @@ def test_training_set_bench_runs_both_joins_on_the_same_rows(world, monkeypatch,
     assert file_store["rows_out"] + file_store["rows_lost"] >= report["entity_rows"]
     saved = json.loads((tmp_path / "training_set.json").read_text())
     assert saved["speedup"] == report["speedup"] > 0
-    assert saved["spark_as_of_join"]["driver_python_peak_pss_mb"] > 0
+    assert saved["spark_as_of_join"]["driver_peak_pss_mb"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -403,3 +403,21 @@ def test_an_oracle_row_is_shown_and_not_gated() -> None:
     assert decision["passed"] is True and "oracle" not in decision["reason"]
     assert list(table.columns[0].cells) == ["production", "model", "popularity", "oracle"]
     assert _rankers({"metrics": metrics}) == ["model", "popularity", "oracle"]
+
+
+# --------------------------------------------------------------------------- stage costs
+
+
+def test_resource_watch_sees_memory_and_cpu_of_the_block() -> None:
+    from pipelines import resources
+
+    with resources.watch(interval_s=0.05) as idle:
+        pass
+    with resources.watch(interval_s=0.05) as busy:
+        block = bytearray(300 * resources.MB)  # zero-filled: every page touched
+        spin = sum(i * i for i in range(3_000_000))
+        del block
+    assert spin > 0
+    assert busy["driver_peak_pss_mb"] >= idle["driver_peak_pss_mb"] + 250
+    assert busy["driver_cpu_s"] > idle["driver_cpu_s"]
+    assert {"jvm_peak_pss_mb", "jvm_cpu_s"} <= busy.keys()  # a Spark JVM, if any, apart
