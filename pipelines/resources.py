@@ -1,8 +1,9 @@
-"""What a stage costs the machine: peak PSS and CPU time of the driver and its Spark JVM.
+"""What a stage costs the machine: peak PSS and CPU time of the driver and of Spark.
 
-PSS (proportional set size) counts shared pages once across processes, so the figures of
-the driver and the JVM add up. In ``local[N]`` mode the executors run inside the driver's
-JVM, so its CPU time is the executors' CPU time plus the (small) driver share.
+"Spark" is the JVM the driver started and everything under it: in ``local[N]`` mode the
+executors run inside that JVM, and their Python workers (UDFs, XGBoost's training) are
+its child processes. PSS (proportional set size) counts shared pages once across
+processes, so the driver's and Spark's figures add up.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ import psutil
 MB = 2**20
 
 
-def _jvms(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [c for c in proc.children(recursive=True) if c.name() == "java"]
-    except psutil.Error:
-        return []
+def _spark(proc: psutil.Process) -> list[psutil.Process]:
+    """The Spark JVMs under ``proc`` and their descendants (the executors' Python workers)."""
+    found = []
+    with suppress(psutil.Error):
+        for jvm in (c for c in proc.children(recursive=True) if c.name() == "java"):
+            found.append(jvm)
+            with suppress(psutil.Error):
+                found += jvm.children(recursive=True)
+    return found
 
 
 def _pss(procs: list[psutil.Process]) -> int:
@@ -32,31 +37,42 @@ def _pss(procs: list[psutil.Process]) -> int:
 
 
 def _cpu(procs: list[psutil.Process]) -> float:
+    """CPU seconds of ``procs``, and of their children that have exited (Spark's Python
+    workers are short-lived)."""
     total = 0.0
     for p in procs:
         with suppress(psutil.Error):
             t = p.cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + t.children_user + t.children_system
     return total
+
+
+def _own_cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 @contextmanager
 def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
     """Yield a dict that, when the block ends, holds the block's peak PSS (MB) and CPU
-    seconds of this process (``driver_*``) and of the Spark JVMs it started (``jvm_*``),
-    sampled every ``interval_s``. A JVM that starts inside the block counts from its start."""
+    seconds of this process (``driver_*``) and of Spark under it (``spark_*``), sampled
+    every ``interval_s``. A process that starts inside the block counts from its start.
+
+    The driver's own CPU excludes Spark's: the JVM is a child that has not exited.
+    """
     me = psutil.Process()
-    seen: dict[int, psutil.Process] = {p.pid: p for p in _jvms(me)}
-    cpu_before = {"driver": _cpu([me]), "jvm": _cpu(list(seen.values()))}
-    peaks = {"driver": 0, "jvm": 0}
+    seen: dict[int, psutil.Process] = {p.pid: p for p in _spark(me)}
+    cpu_before = {"driver": _own_cpu(me), "spark": _cpu(list(seen.values()))}
+    peaks = {"driver": 0, "spark": 0}
     stop = threading.Event()
 
     def sample() -> None:
         while True:
-            for p in _jvms(me):
+            live = _spark(me)
+            for p in live:
                 seen.setdefault(p.pid, p)
             peaks["driver"] = max(peaks["driver"], _pss([me]))
-            peaks["jvm"] = max(peaks["jvm"], _pss(list(seen.values())))
+            peaks["spark"] = max(peaks["spark"], _pss(live))
             if stop.wait(interval_s):
                 return
 
@@ -70,7 +86,7 @@ def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
         thread.join()
         result |= {
             "driver_peak_pss_mb": round(peaks["driver"] / MB),
-            "jvm_peak_pss_mb": round(peaks["jvm"] / MB),
-            "driver_cpu_s": round(_cpu([me]) - cpu_before["driver"], 2),
-            "jvm_cpu_s": round(_cpu(list(seen.values())) - cpu_before["jvm"], 2),
+            "spark_peak_pss_mb": round(peaks["spark"] / MB),
+            "driver_cpu_s": round(_own_cpu(me) - cpu_before["driver"], 2),
+            "spark_cpu_s": round(_cpu(list(seen.values())) - cpu_before["spark"], 2),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import date
 from pathlib import Path
 
@@ -414,10 +415,11 @@ def test_resource_watch_sees_memory_and_cpu_of_the_block() -> None:
     with resources.watch(interval_s=0.05) as idle:
         pass
     with resources.watch(interval_s=0.05) as busy:
-        block = bytearray(300 * resources.MB)  # zero-filled: every page touched
-        spin = sum(i * i for i in range(3_000_000))
+        block = b"x" * (300 * resources.MB)  # written, so every page is resident
+        time.sleep(0.3)  # held while waiting, as a driver waits on Spark: sampled
         del block
+        spin = sum(i * i for i in range(3_000_000))
     assert spin > 0
     assert busy["driver_peak_pss_mb"] >= idle["driver_peak_pss_mb"] + 250
     assert busy["driver_cpu_s"] > idle["driver_cpu_s"]
-    assert {"jvm_peak_pss_mb", "jvm_cpu_s"} <= busy.keys()  # a Spark JVM, if any, apart
+    assert {"spark_peak_pss_mb", "spark_cpu_s"} <= busy.keys()  # Spark, if any, apart
