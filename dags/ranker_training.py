@@ -4,7 +4,7 @@
 Retrains the content-feed ranker for one day of interactions:
 
 ingest → validate (Great Expectations) → features (Spark) → materialize (Feast) →
-training set (Feast point-in-time join) → train (SparkXGBRanker) → evaluate →
+training set (Spark, point in time over Feast's views) → train (SparkXGBRanker) → evaluate →
 monitor (skew, drift) → gate → register (BentoML) → infra-validate → promote → summary.
 
 Every task is one call into `pipelines.tasks` with the logical date; data moves

@@ -1,8 +1,11 @@
-"""Ranking queries with sampled negatives, joined point-in-time to Feast features.
+"""Ranking queries and their negatives, built in Spark from the lake's events.
 
-A query is (user, day). Its candidates are the items the user rated that day
-(graded relevance = the rating) plus sampled negatives: items already in the
-catalogue before that day that the user never rated (relevance 0).
+A query is (user, day). Its candidates are the items the user interacted with that day
+(graded relevance = the day's latest rating) plus negatives (relevance 0): the items shown
+that day and skipped, where the data logs impressions, or else sampled items already in
+the catalogue before that day that the user never rated. Random choices are seeded
+hashes of the rows' ids, so a re-run gives the same rows whatever Spark's partitioning.
+Features are joined afterwards by ``feature_store.historical_features``.
 """
 
 from __future__ import annotations
