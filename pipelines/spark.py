@@ -20,6 +20,10 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "8")
+        # The lake is one directory per day: listing a thousand of them in a Spark job (one
+        # task per path, the default past 32 paths) took 6-10 s per read; the driver lists
+        # them in 0.6 s.
+        .config("spark.sql.sources.parallelPartitionDiscovery.threshold", "100000")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
