@@ -142,6 +142,7 @@ def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None
     run_dir = lake.run_dir(TODAY)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "ingest.json",
+        "resources.json",  # each stage's cost, like its time
         "timings.json",
         "validation.json",
     ]
