@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     min_positive_share: float = 0.01  # training rows with label > 0
     max_positive_share: float = 0.9
     validation_sample_rows: int = 200_000  # larger tables are validated on a seeded sample
+    # Raw partitions are validated in batches of whole days up to this many rows, so the
+    # driver's memory does not grow with a run's events (~0.5 GB per million rows in pandas).
+    validation_batch_rows: int = 1_000_000
 
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)

@@ -52,6 +52,27 @@ def ingest(logical_date: date, settings: Settings, backfill_from: date | None = 
     return days
 
 
+def day_batches(settings: Settings, days: list[date], max_rows: int) -> list[list[date]]:
+    """``days`` (sorted) cut into runs of consecutive lake partitions of at most ``max_rows``
+    rows in all, counted from the parquet footers; a day past the limit alone is a batch.
+
+    Whole days, so a check that compares rows within a day (duplicates, event date against
+    partition) sees the same rows as on the whole batch.
+    """
+    import pyarrow.parquet as pq
+
+    batches: list[list[date]] = []
+    rows = 0
+    for day in sorted(days):
+        n = pq.read_metadata(partition_path(settings.raw_dir, day)).num_rows
+        if not batches or rows + n > max_rows:
+            batches.append([])
+            rows = 0
+        batches[-1].append(day)
+        rows += n
+    return batches
+
+
 def read_partitions(settings: Settings, days: list[date]) -> pd.DataFrame:
     """The raw rows of ``days``, with the partition each row came from."""
     frames = []

@@ -41,35 +41,50 @@ def ingest(logical_date: date, backfill_from: str | None = None) -> dict:
 
 @stage("validate")
 def validate(logical_date: date) -> dict:
-    """Run the raw-data contract on this run's partitions; quarantine them if it fails."""
+    """Run the raw-data contract on this run's partitions; quarantine them if it fails.
+
+    The partitions are read and checked in batches of whole days (``validation_batch_rows``),
+    so the driver holds one batch at a time however many events the run brings.
+    """
     import pyarrow.parquet as pq
 
     from pipelines import ids
     from pipelines.data import partition_path, with_dataset_rating_range
-    from pipelines.ingest import lake_days, read_partitions
-    from pipelines.validation import failure_message, quarantine_partition, validate_interactions
+    from pipelines.ingest import day_batches, lake_days, read_partitions
+    from pipelines.validation import (
+        combine_results,
+        failure_message,
+        quarantine_partition,
+        validate_interactions,
+    )
 
     settings = get_settings()
     run_dir = settings.run_dir(logical_date)
     days = [date.fromisoformat(d) for d in read_json(run_dir / "ingest.json")["partitions"]]
-    frame = read_partitions(settings, days)
-    # Volume is judged against the partitions just before this batch; item ids against
+    # Volume is judged against the partitions just before this run's; item ids against
     # the catalogue built from everything validated so far (none on bootstrap).
     earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
     trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
-    known = ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"]
-    # The rating range widens to what bootstrap saw (synth labels are 0..3), never narrows
-    # (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
-    result = validate_interactions(
-        frame,
-        partition_dates=days,
-        settings=with_dataset_rating_range(settings),
-        run_name=f"raw-{logical_date}",
-        trailing_daily_rows=trailing or None,
-        known_item_ids=set(known.astype(str)) or None,
-    )
+    known = set(ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"].astype(str))
+    batches = day_batches(settings, days, settings.validation_batch_rows)
+    results = [
+        # The rating range widens to what bootstrap saw (synth labels are 0..3), never
+        # narrows (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
+        validate_interactions(
+            read_partitions(settings, batch),
+            partition_dates=batch,
+            settings=with_dataset_rating_range(settings),
+            run_name=f"raw-{logical_date}"
+            + (f"-{i + 1}of{len(batches)}" if len(batches) > 1 else ""),
+            trailing_daily_rows=trailing or None,
+            known_item_ids=known or None,
+        )
+        for i, batch in enumerate(batches)
+    ]
+    result = combine_results(results)
     write_json(run_dir / "validation.json", result)
     if not result["passed"]:
+        # The run's partitions go together, so a re-run ingests them all again.
         for day in days:
             quarantine_partition(partition_path(settings.raw_dir, day), day, result, settings)
         raise ValidationFailed(failure_message(result))

@@ -556,6 +556,48 @@ def validate_interactions(
     )
 
 
+def combine_results(results: list[dict]) -> dict:
+    """One result for a batch validated in parts (see ``ingest.day_batches``).
+
+    It passes only if every part passed. Counts add up per suite, every failed expectation
+    is kept with the partitions it failed on, and ``parts`` lists each part's verdict.
+    """
+    if len(results) == 1:
+        return results[0]
+    suites: dict[str, dict] = {}
+    for result in results:
+        span = result.get("partitions", [])
+        for name, summary in result["suites"].items():
+            total = suites.setdefault(
+                name, {"success": True, "evaluated": 0, "successful": 0, "failed_expectations": []}
+            )
+            total["success"] = total["success"] and summary["success"]
+            total["evaluated"] += summary["evaluated"]
+            total["successful"] += summary["successful"]
+            total["failed_expectations"] += [
+                {**failed, "partitions": f"{span[0]}..{span[-1]}" if span else None}
+                for failed in summary["failed_expectations"]
+            ]
+    failed = [r for r in results if not r["passed"]]
+    return {
+        "passed": not failed,
+        "suites": suites,
+        "rows": sum(r.get("rows", 0) for r in results),
+        "partitions": [d for r in results for d in r.get("partitions", [])],
+        "parts": [
+            {
+                "partitions": [r["partitions"][0], r["partitions"][-1]],
+                "rows": r.get("rows", 0),
+                "passed": r["passed"],
+                "data_docs_page": r.get("data_docs_page"),
+            }
+            for r in results
+        ],
+        "data_docs": results[-1]["data_docs"],
+        "data_docs_page": (failed or results)[0].get("data_docs_page"),
+    }
+
+
 def _sample(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """At most ``validation_sample_rows`` rows of ``frame``, drawn with ``settings.seed``."""
     limit = int(_setting(settings, "validation_sample_rows"))
@@ -721,6 +763,8 @@ def failure_message(result: dict) -> str:
                 text += f" on {failed['column']}"
             if failed.get("row_condition"):
                 text += f" where {failed['row_condition']}"
+            if failed.get("partitions"):
+                text += f" in {failed['partitions']}"
             if failed.get("unexpected_count") is not None:
                 text += f" ({failed['unexpected_count']} of {failed.get('element_count')} rows)"
             elif failed.get("exception"):

@@ -146,3 +146,55 @@ def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None
         "timings.json",
         "validation.json",
     ]
+
+
+@pytest.mark.parametrize("bad", [None, 1])
+def test_a_large_delivery_is_validated_in_batches_of_whole_days(
+    tmp_path, monkeypatch, bad: int | None
+) -> None:
+    """Three days land at once (a first run); with room for one day per batch, each day is
+    its own GE batch. One bad day fails the run and names itself; the run's days are
+    quarantined together, so a re-run ingests them all again."""
+    monkeypatch.setenv("CR_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CR_VALIDATION_BATCH_ROWS", str(ROWS + 5))
+    config.get_settings.cache_clear()
+    settings = config.get_settings()
+    days = [TODAY - timedelta(days=back) for back in (3, 2, 1)]
+    for i, day in enumerate(days):
+        frame = day_partition(day)
+        if i == bad:
+            frame = CASES["rating_out_of_range"][0](frame)
+        path = partition_path(settings.landing_dir, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+    try:
+        assert tasks.ingest(days[-1])["partitions"] == 3
+        if bad is None:
+            assert tasks.validate(days[-1]) == {
+                "passed": True,
+                "rows": 3 * ROWS,
+                "data_docs": tasks.read_json(settings.run_dir(days[-1]) / "validation.json")[
+                    "data_docs"
+                ],
+            }
+        else:
+            with pytest.raises(tasks.ValidationFailed, match=f"in {days[bad]}..{days[bad]}"):
+                tasks.validate(days[-1])
+        result = tasks.read_json(settings.run_dir(days[-1]) / "validation.json")
+        assert [(p["partitions"], p["passed"]) for p in result["parts"]] == [
+            ([d.isoformat(), d.isoformat()], i != bad) for i, d in enumerate(days)
+        ]
+        assert result["rows"] == 3 * ROWS
+        suite = result["suites"]["raw_interactions"]
+        # Each day ran the whole suite; only the bad day's rating check failed.
+        assert suite["evaluated"] % 3 == 0 and suite["evaluated"] > 3
+        assert suite["evaluated"] - suite["successful"] == (0 if bad is None else 1)
+        assert [f["column"] for f in suite["failed_expectations"]] == (
+            [] if bad is None else ["rating"]
+        )
+        lake = sorted(p.parent.name for p in settings.raw_dir.glob("date=*/part.parquet"))
+        quarantined = sorted(p.name for p in settings.quarantine_dir.glob("date=*"))
+        expected = [f"date={d.isoformat()}" for d in days]
+        assert (lake, quarantined) == ((expected, []) if bad is None else ([], expected))
+    finally:
+        config.get_settings.cache_clear()
