@@ -27,7 +27,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve bench-training-set rollback synth clean
+.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -85,6 +85,12 @@ bench-serve: install
 # on the data of a finished `make run`; writes benchmarks/results/training_set.json.
 bench-training-set: install
 	$(RUN) python -m benchmarks.training_set_bench $(BENCH_ARGS)
+
+# The whole DAG on 1M, 4M and 16M synthetic events (one `airflow dags test` each, in data dirs
+# under $(CR_DATA_DIR)/bench-pipeline) and on ML-1M with the training-set comparison; writes
+# benchmarks/results/pipeline.json and pipeline.png. BENCH_ARGS=--quick: 50k and 200k only.
+bench-pipeline: install
+	$(RUN) python -m benchmarks.pipeline_bench $(BENCH_ARGS)
 
 lint: install
 	$(RUN) ruff check .
