@@ -61,17 +61,19 @@ def _sampled_negatives(
     queries: DataFrame,
     k: int,
     seed: int,
+    catalogue: tuple[DataFrame, np.ndarray] | None = None,
 ) -> DataFrame:
     """Up to ``k`` negatives per query (user, day): items in the catalogue strictly before
     the day that the user never rated, at any time.
 
     A query whose pool holds at most ``4 k`` items considers all of them; a larger pool is
     drawn from ``4 k`` times (seeded hashes), which leaves ``k`` distinct unrated items
-    unless the user rated most of the catalogue.
+    unless the user rated most of the catalogue. ``catalogue`` is :func:`_catalogue` of
+    ``events``, when the caller already has it.
     """
     from pyspark.sql import functions as F
 
-    catalogue, first_days = _catalogue(spark, events)
+    catalogue, first_days = catalogue or _catalogue(spark, events)
     days = [int(d) for d in queries.select("day").distinct().toPandas()["day"]]
     pool = _small_frame(
         spark,
@@ -116,6 +118,9 @@ def build_queries(
     seed: int,
     impressions: bool,
     first_query_id: int = 0,
+    max_queries: int | None = None,
+    cap_seed: int = 0,
+    catalogue: tuple[DataFrame, np.ndarray] | None = None,
 ) -> DataFrame:
     """Candidates for every (user, day) query with ``first_day <= day <= last_day``.
 
@@ -124,7 +129,9 @@ def build_queries(
     latest rating: at most ``max_positives`` with a label above 0, chosen at random.
     With ``impressions`` (the data logs shown-and-skipped items as label 0) its negatives
     are up to ``negatives`` of those; otherwise they are sampled (:func:`_sampled_negatives`).
-    Query ids are dense from ``first_query_id`` in (user, day) order.
+    Query ids are dense from ``first_query_id`` in (user, day) order. With ``max_queries``,
+    only that many queries are kept, chosen as :func:`cap_queries` would with ``cap_seed``;
+    they are chosen before their candidates are built, so only theirs are.
     Returns user_id, item_id, day, label, query_id, event_timestamp.
     """
     from pyspark.sql import Window
@@ -132,33 +139,38 @@ def build_queries(
 
     day = F.floor(F.col("timestamp") / 86_400).cast("long")
     window = events.withColumn("day", day).where(F.col("day").between(first_day, last_day))
-    latest = Window.partitionBy("user_id", "day", "item_id").orderBy(
-        F.col("timestamp").desc(), F.col("rating").desc()
+    # The day's latest label per (user, item): an aggregate, so partial sums run before
+    # the shuffle (a window over the events sorted every one of them).
+    shown = window.groupBy("user_id", "day", "item_id").agg(
+        F.max_by("rating", F.struct("timestamp", "rating")).alias("label")
     )
-    shown = (
-        window.withColumn("_n", F.row_number().over(latest))
-        .where("_n = 1")
-        .select("user_id", "item_id", "day", F.col("rating").alias("label"))
+    queries = shown.where("label > 0").select("user_id", "day").distinct()
+    ids = queries.withColumn(
+        "query_id",
+        (F.dense_rank().over(Window.orderBy("user_id", "day")) - 1 + F.lit(first_query_id))
+        # long before the cap hashes it, as the ids leave here
+        .cast("long"),
     )
+    if max_queries is not None:
+        ids = _capped_ids(ids, max_queries, cap_seed)
+    shown = shown.join(ids, ["user_id", "day"])
     positives = shown.where("label > 0")
     positives = positives.withColumn("_r", _rank(["user_id", "day"], seed, "item_id")).where(
         F.col("_r") <= max_positives
     )
-    queries = positives.select("user_id", "day").distinct()
     if impressions:
-        skipped = shown.where("label = 0").join(queries, ["user_id", "day"], "left_semi")
-        negs = skipped.withColumn("_r", _rank(["user_id", "day"], seed + 1, "item_id")).where(
+        negs = shown.where("label = 0")
+        negs = negs.withColumn("_r", _rank(["user_id", "day"], seed + 1, "item_id")).where(
             F.col("_r") <= negatives
         )
     else:
-        negs = _sampled_negatives(spark, events, queries, negatives, seed + 1)
-    columns = ["user_id", "item_id", "day", "label"]
+        negs = _sampled_negatives(
+            spark, events, ids.select("user_id", "day"), negatives, seed + 1, catalogue
+        )
+        negs = negs.join(ids, ["user_id", "day"])
+    columns = ["user_id", "item_id", "day", "label", "query_id"]
     rows = positives.select(*columns).unionByName(negs.select(*columns))
-    ids = queries.withColumn(
-        "query_id",
-        F.dense_rank().over(Window.orderBy("user_id", "day")) - 1 + F.lit(first_query_id),
-    )
-    return rows.join(ids, ["user_id", "day"]).select(
+    return rows.select(
         F.col("user_id").cast("long"),
         F.col("item_id").cast("long"),
         F.col("day").cast("long"),
@@ -168,12 +180,16 @@ def build_queries(
     )
 
 
-def cap_queries(queries: DataFrame, max_queries: int, seed: int) -> DataFrame:
-    """At most ``max_queries`` whole queries, chosen at random (seeded)."""
+def _capped_ids(ids: DataFrame, max_queries: int, seed: int) -> DataFrame:
+    """At most ``max_queries`` rows of ``ids`` (one per query), by a seeded hash of the id."""
     from pyspark.sql import functions as F
 
-    ids = queries.select("query_id").distinct()
-    keep = ids.orderBy(F.xxhash64(F.lit(seed), "query_id"), "query_id").limit(max_queries)
+    return ids.orderBy(F.xxhash64(F.lit(seed), "query_id"), "query_id").limit(max_queries)
+
+
+def cap_queries(queries: DataFrame, max_queries: int, seed: int) -> DataFrame:
+    """At most ``max_queries`` whole queries, chosen at random (seeded)."""
+    keep = _capped_ids(queries.select("query_id").distinct(), max_queries, seed)
     return queries.join(keep, "query_id", "left_semi")
 
 
@@ -189,6 +205,7 @@ def queries_for(
     """
     impressions = has_impressions(events)
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
+    catalogue = None if impressions else _catalogue(spark, events)
     train = build_queries(
         spark,
         events,
@@ -198,6 +215,9 @@ def queries_for(
         settings.max_positives_per_query,
         settings.seed,
         impressions,
+        max_queries=settings.max_train_queries,
+        cap_seed=settings.seed,
+        catalogue=catalogue,
     )
     holdout = build_queries(
         spark,
@@ -209,13 +229,11 @@ def queries_for(
         settings.seed + 1,
         impressions,
         first_query_id=1 << 40,
+        max_queries=settings.max_holdout_queries,
+        cap_seed=settings.seed + 1,
+        catalogue=catalogue,
     )
-    return {
-        "train": cap_queries(train, settings.max_train_queries, settings.seed),
-        "holdout": cap_queries(holdout, settings.max_holdout_queries, settings.seed + 1),
-        "bounds": bounds,
-        "impressions": impressions,
-    }
+    return {"train": train, "holdout": holdout, "bounds": bounds, "impressions": impressions}
 
 
 def pairable_queries(frame: DataFrame) -> tuple[DataFrame, int]:

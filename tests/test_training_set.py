@@ -198,3 +198,34 @@ def test_caps_and_samples_take_whole_queries(spark) -> None:
     sampled = sample_queries(frame, 300, seed=1).toPandas()
     assert 150 <= len(sampled) <= 450 and (sampled.groupby("query_id").size() == 5).all()
     assert sample_queries(frame, 5000, seed=1).count() == 1000
+
+
+@pytest.mark.parametrize("impressions", [False, True])
+def test_capping_while_building_equals_capping_after(spark, impressions: bool) -> None:
+    """``max_queries`` picks the queries before their candidates are built (the cheap way
+    at scale); the rows are exactly those of building every query and capping after."""
+    rng = np.random.default_rng(7)
+    n = 600
+    events = _events(
+        [
+            (int(u), int(i), float(r), D + int(d), int(h))
+            for u, i, r, d, h in zip(
+                rng.integers(0, 40, n),
+                rng.integers(0, 80, n),
+                rng.integers(0 if impressions else 1, 4, n),
+                rng.integers(0, 20, n),
+                rng.integers(0, 24, n),
+                strict=True,
+            )
+        ]
+    )
+    kw = {"negatives": 3, "max_positives": 2, "seed": 5, "impressions": impressions}
+    full = _queries(spark, events, D + 10, D + 19, **kw)
+    assert full["query_id"].nunique() > 25
+    sdf = spark.createDataFrame(events)
+    every = build_queries(spark, sdf, D + 10, D + 19, 3, 2, 5, impressions)
+    after = cap_queries(every, 25, seed=9).toPandas()
+    built = _queries(spark, events, D + 10, D + 19, max_queries=25, cap_seed=9, **kw)
+    assert built["query_id"].nunique() == 25
+    after = after[list(built.columns)].sort_values(["query_id", "item_id"])
+    pd.testing.assert_frame_equal(built, after.reset_index(drop=True))
