@@ -36,14 +36,21 @@ def _pss(procs: list[psutil.Process]) -> int:
     return total
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
+def _cpu(procs: list[psutil.Process], last: dict[int, float] | None = None) -> float:
     """CPU seconds of ``procs``, and of their children that have exited (Spark's Python
-    workers are short-lived)."""
+    workers are short-lived). With ``last`` (pid -> seconds), each live process's figure is
+    recorded there, and a process that has exited counts what it last showed, so a worker
+    that ends inside the block never takes its earlier seconds out of the total."""
     total = 0.0
     for p in procs:
-        with suppress(psutil.Error):
+        try:
             t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
+            seconds = t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            seconds = (last or {}).get(p.pid, 0.0)
+        if last is not None:
+            last[p.pid] = seconds
+        total += seconds
     return total
 
 
@@ -62,7 +69,8 @@ def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
     """
     me = psutil.Process()
     seen: dict[int, psutil.Process] = {p.pid: p for p in _spark(me)}
-    cpu_before = {"driver": _own_cpu(me), "spark": _cpu(list(seen.values()))}
+    last_cpu: dict[int, float] = {}
+    cpu_before = {"driver": _own_cpu(me), "spark": _cpu(list(seen.values()), last_cpu)}
     peaks = {"driver": 0, "spark": 0}
     stop = threading.Event()
 
@@ -71,6 +79,7 @@ def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
             live = _spark(me)
             for p in live:
                 seen.setdefault(p.pid, p)
+            _cpu(list(seen.values()), last_cpu)
             peaks["driver"] = max(peaks["driver"], _pss([me]))
             peaks["spark"] = max(peaks["spark"], _pss(live))
             if stop.wait(interval_s):
@@ -88,5 +97,5 @@ def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
             "driver_peak_pss_mb": round(peaks["driver"] / MB),
             "spark_peak_pss_mb": round(peaks["spark"] / MB),
             "driver_cpu_s": round(_own_cpu(me) - cpu_before["driver"], 2),
-            "spark_cpu_s": round(_cpu(list(seen.values())) - cpu_before["spark"], 2),
+            "spark_cpu_s": round(_cpu(list(seen.values()), last_cpu) - cpu_before["spark"], 2),
         }

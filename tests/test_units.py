@@ -423,3 +423,32 @@ def test_resource_watch_sees_memory_and_cpu_of_the_block() -> None:
     assert busy["driver_peak_pss_mb"] >= idle["driver_peak_pss_mb"] + 250
     assert busy["driver_cpu_s"] > idle["driver_cpu_s"]
     assert {"spark_peak_pss_mb", "spark_cpu_s"} <= busy.keys()  # Spark, if any, apart
+
+
+def test_a_spark_worker_that_exits_keeps_the_cpu_it_used() -> None:
+    """A process seen busy and then gone still counts its seconds: a Python worker that
+    ends inside a stage must not make the stage's Spark CPU negative."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from pipelines import resources
+
+    busy = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.4: sum(range(999))\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", busy], stdin=subprocess.PIPE)
+    proc = psutil.Process(child.pid)
+    last: dict[int, float] = {}
+    deadline = time.monotonic() + 30
+
+    def done_spinning() -> bool:  # asleep in input() after its busy loop
+        times = proc.cpu_times()
+        return proc.status() == psutil.STATUS_SLEEPING and times.user + times.system > 0.1
+
+    while not done_spinning() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = resources._cpu([proc], last)
+    child.communicate(b"\n")
+    assert seen > 0.1
+    assert resources._cpu([proc], last) == seen  # gone: its last figure, not zero
+    assert resources._cpu([proc]) == 0.0  # without the record it would drop out
