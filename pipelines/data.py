@@ -107,6 +107,9 @@ def read_generic(folder: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+TRUTH_BATCH_ROWS = 1 << 20
+
+
 def read_truth(folder: Path) -> pd.DataFrame | None:
     """The source's ``p_engage`` with its keys (:data:`TRUTH_COLUMNS`), or None without one.
 
@@ -144,12 +147,32 @@ def truth_by_day(truth: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_ts").reset_index(drop=True)
 
 
-def load_truth(settings, first_day: int, last_day: int) -> pd.DataFrame | None:
-    """The data set's truth for days ``first_day..last_day``, or None if it has none."""
+def load_truth(
+    settings, first_day: int, last_day: int, keys: pd.DataFrame | None = None
+) -> pd.DataFrame | None:
+    """The data set's truth for days ``first_day..last_day``, or None if it has none.
+
+    With ``keys`` (external ``user_id``, ``item_id`` and ``day``), only the rows of those
+    keys: the file is read in batches, so the driver holds the matches and one batch, not
+    the window's truth (half the events of a synthetic feed).
+    """
+    import pyarrow.dataset as ds
+
     path = settings.dataset_dir / TRUTH_FILE
     if not path.exists():
         return None
-    return pd.read_parquet(path, filters=[("day", ">=", first_day), ("day", "<=", last_day)])
+    days = (ds.field("day") >= first_day) & (ds.field("day") <= last_day)
+    if keys is None:
+        return ds.dataset(path).to_table(filter=days).to_pandas()
+    wanted = keys[["user_id", "item_id", "day"]].drop_duplicates()
+    wanted = wanted.astype({"user_id": str, "item_id": str, "day": "int64"})
+    parts = [
+        batch.to_pandas()
+        .astype({"user_id": str, "item_id": str, "day": "int64"})
+        .merge(wanted, on=["user_id", "item_id", "day"])
+        for batch in ds.dataset(path).to_batches(filter=days, batch_size=TRUTH_BATCH_ROWS)
+    ]
+    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def sample_users(

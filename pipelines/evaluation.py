@@ -61,6 +61,26 @@ def baseline_scores(holdout: pd.DataFrame, seed: int) -> dict[str, np.ndarray]:
 NO_TRUTH = -1.0  # below every probability: an unshown candidate ranks last in the oracle
 
 
+def external_keys(holdout: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """``holdout``'s (user_id, item_id, day) with the data set's own (external) ids, through
+    the id maps ``users`` and ``items``: the keys of the data set's truth."""
+
+    def external(ids: pd.Series, mapping: pd.DataFrame) -> np.ndarray:
+        lookup = pd.Series(
+            mapping["external_id"].astype(str).to_numpy(),
+            index=mapping["internal_id"].astype("int64").to_numpy(),
+        )
+        return ids.astype("int64").map(lookup).to_numpy()
+
+    return pd.DataFrame(
+        {
+            "user_id": external(holdout["user_id"], users),
+            "item_id": external(holdout["item_id"], items),
+            "day": holdout["day"].astype("int64").to_numpy(),
+        }
+    )
+
+
 def oracle_scores(
     holdout: pd.DataFrame, truth: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame
 ) -> np.ndarray:
@@ -72,22 +92,8 @@ def oracle_scores(
     truth row and scores :data:`NO_TRUTH`: the planted model only speaks for impressions, and
     such a candidate is labelled 0, so the oracle knows to put it last.
     """
-
-    def external(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
-        lookup = pd.Series(
-            mapping["external_id"].astype(str).to_numpy(),
-            index=mapping["internal_id"].astype("int64").to_numpy(),
-        )
-        return ids.astype("int64").map(lookup)
-
     keys = ["user_id", "item_id", "day"]
-    rows = pd.DataFrame(
-        {
-            "user_id": external(holdout["user_id"], users).to_numpy(),
-            "item_id": external(holdout["item_id"], items).to_numpy(),
-            "day": holdout["day"].astype("int64").to_numpy(),
-        }
-    )
+    rows = external_keys(holdout, users, items)
     known = truth[[*keys, "p_engage"]].astype({"user_id": str, "item_id": str, "day": "int64"})
     joined = rows.merge(known, on=keys, how="left", validate="many_to_one")
     return joined["p_engage"].astype(float).fillna(NO_TRUTH).to_numpy()

@@ -7,6 +7,7 @@ returns a small JSON-able dict for the logs.
 
 from __future__ import annotations
 
+import gc
 import logging
 import subprocess
 from datetime import date, timedelta
@@ -67,20 +68,25 @@ def validate(logical_date: date) -> dict:
     trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
     known = set(ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"].astype(str))
     batches = day_batches(settings, days, settings.validation_batch_rows)
-    results = [
+    results = []
+    for i, batch in enumerate(batches):
         # The rating range widens to what bootstrap saw (synth labels are 0..3), never
         # narrows (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
-        validate_interactions(
-            read_partitions(settings, batch),
-            partition_dates=batch,
-            settings=with_dataset_rating_range(settings),
-            run_name=f"raw-{logical_date}"
-            + (f"-{i + 1}of{len(batches)}" if len(batches) > 1 else ""),
-            trailing_daily_rows=trailing or None,
-            known_item_ids=known or None,
+        part = f"-{i + 1}of{len(batches)}" if len(batches) > 1 else ""
+        results.append(
+            validate_interactions(
+                read_partitions(settings, batch),
+                partition_dates=batch,
+                settings=with_dataset_rating_range(settings),
+                run_name=f"raw-{logical_date}{part}",
+                trailing_daily_rows=trailing or None,
+                known_item_ids=known or None,
+            )
         )
-        for i, batch in enumerate(batches)
-    ]
+        # GE leaves the batch's frame in reference cycles, which Python's cycle collector
+        # frees only when enough new objects pile up: without this, 16M events held 3.6 GB
+        # by the 13th batch of 1M rows (one batch needs ~1 GB).
+        gc.collect()
     result = combine_results(results)
     write_json(run_dir / "validation.json", result)
     if not result["passed"]:
@@ -252,14 +258,12 @@ def evaluate(logical_date: date) -> dict:
     production = registry.production_tag(settings)
     if production is not None:
         scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
-    truth = load_truth(settings, int(holdout["day"].min()), int(holdout["day"].max()))
+    users = ids.read_mapping(settings.ids_dir / "users.parquet")
+    items = ids.read_mapping(settings.ids_dir / "items.parquet")
+    keys = evaluation.external_keys(holdout, users, items)
+    truth = load_truth(settings, int(keys["day"].min()), int(keys["day"].max()), keys)
     if truth is not None:
-        scores["oracle"] = evaluation.oracle_scores(
-            holdout,
-            truth,
-            ids.read_mapping(settings.ids_dir / "users.parquet"),
-            ids.read_mapping(settings.ids_dir / "items.parquet"),
-        )
+        scores["oracle"] = evaluation.oracle_scores(holdout, truth, users, items)
     metrics: dict[str, dict | None] = {"production": None}
     per_query = {}
     for name, values in scores.items():

@@ -452,3 +452,33 @@ def test_a_spark_worker_that_exits_keeps_the_cpu_it_used() -> None:
     assert seen > 0.1
     assert resources._cpu([proc], last) == seen  # gone: its last figure, not zero
     assert resources._cpu([proc]) == 0.0  # without the record it would drop out
+
+
+def test_truth_is_read_for_the_holdout_keys_only(tmp_path, monkeypatch) -> None:
+    """Evaluation reads the truth of its holdout rows, batch by batch, not the window's."""
+    from pipelines import data
+    from pipelines.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    settings.dataset_dir.mkdir(parents=True)
+    truth = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
+            "item_id": ["a", "b", "a", "a", "a", "a"],
+            "day": [100, 100, 100, 101, 100, 99],
+            "p_engage": [0.3, 0.9, 0.7, 0.5, 0.1, 0.2],
+        }
+    )
+    truth.to_parquet(settings.dataset_dir / data.TRUTH_FILE, index=False)
+    monkeypatch.setattr(data, "TRUTH_BATCH_ROWS", 2)  # several batches
+    keys = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u1"], "item_id": ["b", "a", "a"], "day": [100, 101, 99]}
+    )
+
+    got = data.load_truth(settings, 100, 101, keys)
+
+    assert sorted(map(tuple, got.to_numpy().tolist())) == [
+        ("u1", "b", 100, 0.9),
+        ("u2", "a", 101, 0.5),
+    ]
+    assert len(data.load_truth(settings, 100, 101)) == 5  # without keys: every row of the days
