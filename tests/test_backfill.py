@@ -35,7 +35,7 @@ from pipelines.config import Settings
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "ranker_training"
-BACKFILL_DAYS = 3  # each is a whole DAG run (~3 min here); three give a day before and after the kill
+BACKFILL_DAYS = 3  # whole DAG runs (~3 min each): a day before the kill, and one after
 KILLED_DAY = 1  # index into the backfilled days of the day whose train task is killed
 KILL_WHEN = "Running xgboost"  # xgboost.spark logs this as fit's Spark job starts
 BACKFILL_TIMEOUT_S = 45 * 60
