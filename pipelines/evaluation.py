@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines import contracts
+from pipelines.ids import to_external
 
 K = 10
 METRICS = ("ndcg@10", "map@10", "recall@10")
@@ -64,18 +65,10 @@ NO_TRUTH = -1.0  # below every probability: an unshown candidate ranks last in t
 def external_keys(holdout: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """``holdout``'s (user_id, item_id, day) with the data set's own (external) ids, through
     the id maps ``users`` and ``items``: the keys of the data set's truth."""
-
-    def external(ids: pd.Series, mapping: pd.DataFrame) -> np.ndarray:
-        lookup = pd.Series(
-            mapping["external_id"].astype(str).to_numpy(),
-            index=mapping["internal_id"].astype("int64").to_numpy(),
-        )
-        return ids.astype("int64").map(lookup).to_numpy()
-
     return pd.DataFrame(
         {
-            "user_id": external(holdout["user_id"], users),
-            "item_id": external(holdout["item_id"], items),
+            "user_id": to_external(holdout["user_id"], users).to_numpy(),
+            "item_id": to_external(holdout["item_id"], items).to_numpy(),
             "day": holdout["day"].astype("int64").to_numpy(),
         }
     )

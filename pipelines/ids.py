@@ -57,6 +57,15 @@ def to_internal(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
     return ids.astype(str).map(lookup).astype("Int64")
 
 
+def to_external(ids: pd.Series, mapping: pd.DataFrame) -> pd.Series:
+    """Map internal ids back to external ones (missing -> NaN)."""
+    lookup = pd.Series(
+        mapping["external_id"].astype(str).to_numpy(),
+        index=mapping["internal_id"].astype("int64").to_numpy(),
+    )
+    return ids.astype("int64").map(lookup)
+
+
 def distinct_ids(frame: DataFrame, column: str) -> pd.Series:
     """The distinct values of one id column of a Spark frame (small: one row per id)."""
     return frame.select(column).distinct().toPandas()[column].astype("string")

@@ -67,17 +67,18 @@ def validate(logical_date: date) -> dict:
     earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
     trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
     known = set(ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"].astype(str))
+    # The rating range widens to what bootstrap saw (synth labels are 0..3), never narrows
+    # (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
+    checked = with_dataset_rating_range(settings)
     batches = day_batches(settings, days, settings.validation_batch_rows)
     results = []
     for i, batch in enumerate(batches):
-        # The rating range widens to what bootstrap saw (synth labels are 0..3), never
-        # narrows (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
         part = f"-{i + 1}of{len(batches)}" if len(batches) > 1 else ""
         results.append(
             validate_interactions(
                 read_partitions(settings, batch),
                 partition_dates=batch,
-                settings=with_dataset_rating_range(settings),
+                settings=checked,
                 run_name=f"raw-{logical_date}{part}",
                 trailing_daily_rows=trailing or None,
                 known_item_ids=known or None,

@@ -25,6 +25,25 @@ def _events(rows: list[tuple[int, int, float, int, int]]) -> pd.DataFrame:
     )
 
 
+def _random_events(seed: int, n: int, users: int, items: int, labels: tuple[int, int], days: int):
+    """``n`` events of random users, items, labels in ``[labels[0], labels[1])`` and times
+    over ``days`` days from D."""
+    rng = np.random.default_rng(seed)
+    return _events(
+        [
+            (int(u), int(i), float(r), D + int(d), int(h))
+            for u, i, r, d, h in zip(
+                rng.integers(0, users, n),
+                rng.integers(0, items, n),
+                rng.integers(*labels, n),
+                rng.integers(0, days, n),
+                rng.integers(0, 24, n),
+                strict=True,
+            )
+        ]
+    )
+
+
 EVENTS = _events(
     [
         (1, 10, 4.0, D, 9),  # item 10 first seen on D
@@ -78,21 +97,8 @@ def test_build_queries_hand_worked(spark) -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_build_queries_invariants(spark, seed: int) -> None:
-    rng = np.random.default_rng(100 + seed)
-    n = 400
-    events = _events(
-        [
-            (int(u), int(i), float(r), D + int(d), int(h))
-            for u, i, r, d, h in zip(
-                rng.integers(0, 15, n),
-                rng.integers(0, 60, n),
-                rng.integers(1, 6, n),
-                rng.integers(0, 30, n),
-                rng.integers(0, 24, n),
-                strict=True,
-            )
-        ]
-    ).drop_duplicates(["user_id", "item_id"])
+    events = _random_events(100 + seed, 400, users=15, items=60, labels=(1, 6), days=30)
+    events = events.drop_duplicates(["user_id", "item_id"])
     out = _queries(spark, events, D + 20, D + 29, negatives=5, max_positives=3, seed=seed)
     ev_day = events["timestamp"] // 86_400
     first_seen = events.assign(day=ev_day).groupby("item_id")["day"].min()
@@ -204,21 +210,8 @@ def test_caps_and_samples_take_whole_queries(spark) -> None:
 def test_capping_while_building_equals_capping_after(spark, impressions: bool) -> None:
     """``max_queries`` picks the queries before their candidates are built (the cheap way
     at scale); the rows are exactly those of building every query and capping after."""
-    rng = np.random.default_rng(7)
-    n = 600
-    events = _events(
-        [
-            (int(u), int(i), float(r), D + int(d), int(h))
-            for u, i, r, d, h in zip(
-                rng.integers(0, 40, n),
-                rng.integers(0, 80, n),
-                rng.integers(0 if impressions else 1, 4, n),
-                rng.integers(0, 20, n),
-                rng.integers(0, 24, n),
-                strict=True,
-            )
-        ]
-    )
+    labels = (0 if impressions else 1, 4)
+    events = _random_events(7, 600, users=40, items=80, labels=labels, days=20)
     kw = {"negatives": 3, "max_positives": 2, "seed": 5, "impressions": impressions}
     full = _queries(spark, events, D + 10, D + 19, **kw)
     assert full["query_id"].nunique() > 25
