@@ -49,7 +49,9 @@ def _world(root: Path) -> tuple[Settings, dict[str, str]]:
         ("item_features", _snapshots("item_id", contracts.ITEM_FEATURES, 400, 2)),
     ):
         (settings.offline_dir / name).mkdir(parents=True)
-        frame.to_parquet(settings.offline_dir / name / "part-0.parquet", index=False)
+        frame.to_parquet(
+            settings.offline_dir / name / "part-0.parquet", index=False, coerce_timestamps="us"
+        )
     settings.dataset_dir.mkdir(parents=True)
     (settings.dataset_dir / "dataset.json").write_text(json.dumps({"first_date": "2024-03-01"}))
     return settings, worlds.project_env(root)
