@@ -87,12 +87,16 @@ def read_partitions(settings: Settings, days: list[date]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def lake_frame(spark: SparkSession, settings: Settings, until: date) -> DataFrame:
-    """Every validated interaction up to and including ``until``, read by Spark from the
-    date-partitioned lake (the driver holds only the list of partitions)."""
+def lake_frame(
+    spark: SparkSession, settings: Settings, until: date, since: date | None = None
+) -> DataFrame:
+    """Every validated interaction up to and including ``until`` (and from ``since`` on, if
+    given), read by Spark from the date-partitioned lake (the driver holds only the list
+    of partitions)."""
     from pyspark.sql import functions as F
 
-    files = [partition_path(settings.raw_dir, d) for d in lake_days(settings) if d <= until]
+    days = [d for d in lake_days(settings) if d <= until and (since is None or d >= since)]
+    files = [partition_path(settings.raw_dir, d) for d in days]
     if not files:
         raise FileNotFoundError(f"no validated partition up to {until} in {settings.raw_dir}")
     # Spark packs about 32 small daily files per read task, so ML-1M's thousand days

@@ -100,7 +100,10 @@ def validate(logical_date: date) -> dict:
 
 @stage("features")
 def build_features(logical_date: date) -> dict:
+    from pyspark.sql import functions as F
+
     from pipelines.data import with_dataset_rating_range
+    from pipelines.features import SNAPSHOT_PARTITION
     from pipelines.features import build_features as compute
     from pipelines.spark import get_spark, sample_rows
     from pipelines.validation import failure_message, validate_features
@@ -111,6 +114,9 @@ def build_features(logical_date: date) -> dict:
     results = {}
     for kind in ("user", "item"):
         table = spark.read.parquet(str(settings.offline_dir / f"{kind}_features"))
+        if out["since"]:  # what this run wrote
+            table = table.where(F.col(SNAPSHOT_PARTITION) >= F.lit(out["since"]).cast("date"))
+        table = table.drop(SNAPSHOT_PARTITION)
         results[kind] = validate_features(
             sample_rows(table, settings.validation_sample_rows, settings.seed).toPandas(),
             kind=kind,
