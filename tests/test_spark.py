@@ -260,6 +260,44 @@ def test_incremental_runs_give_the_rows_of_a_run_from_scratch(spark) -> None:
     )
 
 
+def test_a_run_starts_from_the_newest_state_before_its_date_and_drops_what_it_replaced(
+    spark, tmp_path
+) -> None:
+    from datetime import timedelta
+
+    from pipelines.features import STATES_KEPT, previous_state, write_state
+
+    settings = Settings(data_dir=tmp_path)
+    days = [date(2024, 3, 1) + timedelta(days=i) for i in range(STATES_KEPT + 3)]
+
+    def state(n: int):
+        return spark.createDataFrame(pd.DataFrame({"user_id": [1], "cnt": [float(n)]}))
+
+    def kept(kind: str) -> list[date]:
+        root = settings.offline_dir / "feature_state" / kind
+        return sorted(date.fromisoformat(d.name[len("through=") :]) for d in root.iterdir())
+
+    assert previous_state(spark, settings, days[-1]) is None  # no tables, no state
+    for kind in ("user", "item"):
+        (settings.offline_dir / f"{kind}_features").mkdir(parents=True)
+        write_state(state(0), settings, kind, days[0], None)
+        for before, day in zip(days, days[1:], strict=False):
+            write_state(state(day.day), settings, kind, day, before)
+        assert kept(kind) == days[-STATES_KEPT:]  # only the newest are kept
+
+    previous = previous_state(spark, settings, days[-2])  # a re-run of the day before last
+    assert previous.through == days[-3]
+    assert previous.users.first()["cnt"] == days[-3].day
+    # A backfill from days[-5] recomputes through the last day: the states in between
+    # were built on days it replaced, so they go; the one it started from stays.
+    start = previous_state(spark, settings, days[-5])
+    assert start.through == days[-6]
+    write_state(state(99), settings, "user", days[-1], start.through)
+    assert kept("user") == [*days[-STATES_KEPT:-5], days[-1]]
+    # Only dates both kinds share count.
+    assert previous_state(spark, settings, days[-1]).through == days[-6]
+
+
 def test_partition_by_query_keeps_groups_whole(spark) -> None:
     rng = np.random.default_rng(0)
     qids = np.repeat(np.arange(40), rng.integers(1, 6, size=40))
