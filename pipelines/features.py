@@ -294,10 +294,18 @@ def write_offline(frame: DataFrame, path: str, since: date | None) -> int:
                 shutil.rmtree(part)
     mode = "overwrite" if since is None else "append"
     ordered.write.mode(mode).partitionBy(SNAPSHOT_PARTITION).parquet(path)
-    written = frame.sparkSession.read.parquet(path)
-    if since is not None:
-        written = written.where(F.col(SNAPSHOT_PARTITION) >= F.lit(since))
-    return written.count()
+    return table_rows(path, since)
+
+
+def table_rows(path: str | Path, since: date | None = None) -> int:
+    """Rows of a table partitioned by snapshot date (from ``since`` on), from the parquet
+    footers, read by the driver: a Spark count opens every one of a thousand daily files
+    in tasks (5-10 s a table on ML-1M)."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(path, format="parquet", partitioning="hive")
+    where = None if since is None else ds.field(SNAPSHOT_PARTITION) >= since.isoformat()
+    return table.count_rows(filter=where)
 
 
 def _state_dir(settings, kind: str) -> Path:

@@ -34,8 +34,8 @@ def get_spark(settings: Settings) -> SparkSession:
     )
 
 
-def sample_rows(frame: DataFrame, max_rows: int, seed: int) -> DataFrame:
+def sample_rows(frame: DataFrame, max_rows: int, seed: int, rows: int | None = None) -> DataFrame:
     """About ``max_rows`` rows of ``frame`` at random (all of a smaller one), for checks that
-    run on the driver."""
-    rows = frame.count()
+    run on the driver. ``rows``, when known, saves counting ``frame``."""
+    rows = frame.count() if rows is None else rows
     return frame if rows <= max_rows else frame.sample(fraction=max_rows / rows, seed=seed)

@@ -117,8 +117,9 @@ def build_features(logical_date: date) -> dict:
         if out["since"]:  # what this run wrote
             table = table.where(F.col(SNAPSHOT_PARTITION) >= F.lit(out["since"]).cast("date"))
         table = table.drop(SNAPSHOT_PARTITION)
+        rows = out[f"{kind}_rows"]
         results[kind] = validate_features(
-            sample_rows(table, settings.validation_sample_rows, settings.seed).toPandas(),
+            sample_rows(table, settings.validation_sample_rows, settings.seed, rows).toPandas(),
             kind=kind,
             settings=with_dataset_rating_range(settings),
             run_name=f"{kind}-features-{logical_date}",

@@ -306,6 +306,7 @@ def test_the_next_days_features_are_incremental_and_equal_a_run_from_scratch(
         assert scratch["since"] is None and scratch["events_read"] == lake_rows
         for name, frame in tables().items():
             pd.testing.assert_frame_equal(after_increment[name], frame)
+            assert scratch[f"{name.split('_')[0]}_rows"] == len(frame)
     finally:
         config.get_settings.cache_clear()
 
