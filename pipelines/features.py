@@ -6,11 +6,11 @@ nothing of day ``d`` or later. Rows are emitted only on days when a value can
 change (the day after activity, and when activity leaves each window), which
 keeps the tables small without making any value stale.
 
-The tables are partitioned by snapshot date, and a daily run is incremental: it reads
-only the lake days that the windows of its new snapshots cover, adds the all-time sums
-kept in a small per-entity state (exact: counts and rating sums), and overwrites only
-the partitions it computes. Without a usable state it recomputes everything; both
-ways give the same rows.
+The tables are partitioned by the month of the snapshot date, and a daily run is
+incremental: it reads only the lake days that the windows of its new snapshots cover,
+adds the all-time sums kept in a small per-entity state (exact: counts and rating sums),
+and rewrites only the months its snapshots fall in. Without a usable state it
+recomputes everything; both ways give the same rows.
 """
 
 from __future__ import annotations
@@ -271,40 +271,70 @@ def _finish(frame: DataFrame, key: str, features: list[str]) -> DataFrame:
     )
 
 
-SNAPSHOT_PARTITION = "snapshot_date"
+SNAPSHOT_PARTITION = "snapshot_month"  # yyyy-MM of the snapshot's date
 STATES_KEPT = 7  # per-entity states of the last runs, for re-runs and short backfills
 
 
-def write_offline(frame: DataFrame, path: str, since: date | None) -> int:
-    """Write one Feast offline source, partitioned by snapshot date.
+def _month(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
 
-    ``since=None`` replaces the whole table; otherwise the partitions from ``since`` on
-    are replaced (deleted, then written), so a re-run of a date writes the same rows in
-    place and leaves no day the recomputation no longer produces. Returns the rows written.
+
+def write_offline(frame: DataFrame, path: str, since: date | None) -> int:
+    """Write one Feast offline source, partitioned by the month of the snapshot date.
+
+    ``since=None`` replaces the whole table. Otherwise the snapshots from ``since`` on
+    are replaced: the months from ``since``'s are rewritten with their earlier rows plus
+    ``frame``, in a staging folder that is then swapped in month by month, so a re-run of
+    a date writes the same rows and leaves none the recomputation no longer produces.
+    (Daily partitions made ML-1M's thousand days two thousand small files: the table
+    took 2.3x as long to build from scratch and every reader paid to open them.)
+    Returns the rows from ``since`` on (all rows without it).
     """
     from pyspark.sql import functions as F
 
     key = frame.columns[0]
-    dated = frame.withColumn(SNAPSHOT_PARTITION, F.to_date("event_timestamp"))
-    ordered = dated.repartition(SNAPSHOT_PARTITION).sortWithinPartitions(SNAPSHOT_PARTITION, key)
+    spark = frame.sparkSession
+    target = Path(path)
     if since is not None:
-        prefix = f"{SNAPSHOT_PARTITION}="
-        for part in Path(path).glob(f"{prefix}*"):
-            if date.fromisoformat(part.name.removeprefix(prefix)) >= since:
-                shutil.rmtree(part)
-    mode = "overwrite" if since is None else "append"
-    ordered.write.mode(mode).partitionBy(SNAPSHOT_PARTITION).parquet(path)
+        first = _month(since)
+        kept = (
+            spark.read.parquet(path)
+            .where(F.col(SNAPSHOT_PARTITION) >= F.lit(first))
+            .where(F.col("event_timestamp") < F.lit(since.isoformat()).cast("timestamp"))
+            .select(*frame.columns)
+        )
+        frame = kept.unionByName(frame)
+    dated = frame.withColumn(SNAPSHOT_PARTITION, F.date_format("event_timestamp", "yyyy-MM"))
+    ordered = dated.repartition(SNAPSHOT_PARTITION).sortWithinPartitions(
+        SNAPSHOT_PARTITION, key, "event_timestamp"
+    )
+    staging = target.with_name(target.name + ".staging")
+    if since is None:
+        ordered.write.mode("overwrite").partitionBy(SNAPSHOT_PARTITION).parquet(path)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed incremental run left
+        return table_rows(path)
+    ordered.write.mode("overwrite").partitionBy(SNAPSHOT_PARTITION).parquet(str(staging))
+    prefix = f"{SNAPSHOT_PARTITION}="
+    for part in target.glob(f"{prefix}*"):
+        if part.name.removeprefix(prefix) >= first:
+            shutil.rmtree(part)
+    for part in staging.glob(f"{prefix}*"):
+        part.rename(target / part.name)
+    shutil.rmtree(staging)
     return table_rows(path, since)
 
 
 def table_rows(path: str | Path, since: date | None = None) -> int:
-    """Rows of a table partitioned by snapshot date (from ``since`` on), from the parquet
-    footers, read by the driver: a Spark count opens every one of a thousand daily files
-    in tasks (5-10 s a table on ML-1M)."""
+    """Rows of a feature table (stamped from ``since`` on), from the parquet footers and
+    the driver: a Spark count opens every file in tasks."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     table = ds.dataset(path, format="parquet", partitioning="hive")
-    where = None if since is None else ds.field(SNAPSHOT_PARTITION) >= since.isoformat()
+    if since is None:
+        return table.count_rows()
+    start = pa.scalar(pd.Timestamp(since, tz="UTC"), type=pa.timestamp("us", tz="UTC"))
+    where = (ds.field(SNAPSHOT_PARTITION) >= _month(since)) & (ds.field("event_timestamp") >= start)
     return table.count_rows(filter=where)
 
 
@@ -318,6 +348,8 @@ def previous_state(spark: SparkSession, settings, logical_date: date) -> Previou
     tables = [settings.offline_dir / f"{k}_features" for k in ("user", "item")]
     if not all(t.exists() for t in tables):
         return None
+    if any(t.with_name(t.name + ".staging").exists() for t in tables):
+        return None  # a run was killed in the middle of swapping months in: rebuild
     found = {
         k: {
             date.fromisoformat(d.name.removeprefix("through="))

@@ -115,7 +115,8 @@ def build_features(logical_date: date) -> dict:
     for kind in ("user", "item"):
         table = spark.read.parquet(str(settings.offline_dir / f"{kind}_features"))
         if out["since"]:  # what this run wrote
-            table = table.where(F.col(SNAPSHOT_PARTITION) >= F.lit(out["since"]).cast("date"))
+            since = F.lit(out["since"]).cast("timestamp")
+            table = table.where(F.col("event_timestamp") >= since)
         table = table.drop(SNAPSHOT_PARTITION)
         rows = out[f"{kind}_rows"]
         results[kind] = validate_features(

@@ -296,6 +296,50 @@ def test_a_run_starts_from_the_newest_state_before_its_date_and_drops_what_it_re
     assert kept("user") == [*days[-STATES_KEPT:-5], days[-1]]
     # Only dates both kinds share count.
     assert previous_state(spark, settings, days[-1]).through == days[-6]
+    # A run killed while swapping months in left its staging folder: rebuild from scratch.
+    (settings.offline_dir / "item_features.staging").mkdir()
+    assert previous_state(spark, settings, days[-1]) is None
+
+
+def test_writing_from_a_date_replaces_those_snapshots_and_keeps_the_earlier_ones(
+    spark, tmp_path
+) -> None:
+    """An incremental write of the snapshots from mid-month on, over a table that holds
+    stale rows from that day (one the recomputation no longer produces), gives the table a
+    single write of the same rows gives; the earlier rows of that month stay."""
+    from datetime import timedelta
+
+    from pipelines.features import table_rows, write_offline
+
+    days = [date(2024, 1, 20) + timedelta(days=i) for i in range(50)]  # Jan to Mar
+    frame = pd.DataFrame(
+        {
+            "user_id": np.arange(len(days), dtype="int64") % 7,
+            "event_timestamp": pd.to_datetime(days, utc=True),
+            "user_cnt_all": np.arange(len(days), dtype="float32"),
+        }
+    )
+    since = date(2024, 2, 10)
+    early = frame[frame["event_timestamp"] < pd.Timestamp(since, tz="UTC")]
+    later = frame[frame["event_timestamp"] >= pd.Timestamp(since, tz="UTC")]
+    stale = later.assign(user_cnt_all=np.float32(-1), user_id=99)  # not recomputed
+
+    once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+    assert write_offline(spark.createDataFrame(frame), once, None) == len(frame)
+    write_offline(spark.createDataFrame(pd.concat([early, stale])), twice, None)
+    assert write_offline(spark.createDataFrame(later), twice, since) == len(later)
+
+    def read(path: str) -> pd.DataFrame:
+        return pd.read_parquet(path).sort_values(["event_timestamp", "user_id"], ignore_index=True)
+
+    pd.testing.assert_frame_equal(read(twice), read(once))
+    assert read(once)["snapshot_month"].astype(str).unique().tolist() == [
+        "2024-01",
+        "2024-02",
+        "2024-03",
+    ]
+    assert table_rows(twice) == len(frame) and table_rows(twice, since) == len(later)
+    assert not (tmp_path / "twice.staging").exists()
 
 
 def test_partition_by_query_keeps_groups_whole(spark) -> None:
