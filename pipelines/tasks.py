@@ -267,6 +267,7 @@ def evaluate(logical_date: date) -> dict:
     production = registry.production_tag(settings)
     if production is not None:
         scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
+    del matrix
     users = ids.read_mapping(settings.ids_dir / "users.parquet")
     items = ids.read_mapping(settings.ids_dir / "items.parquet")
     keys = evaluation.external_keys(holdout, users, items)
@@ -275,8 +276,9 @@ def evaluate(logical_date: date) -> dict:
         scores["oracle"] = evaluation.oracle_scores(holdout, truth, users, items)
     metrics: dict[str, dict | None] = {"production": None}
     per_query = {}
+    labels = holdout[["query_id", "label"]]  # not the whole holdout copied per scorer
     for name, values in scores.items():
-        pq = evaluation.per_query_metrics(holdout.assign(score=values), "score", settings.seed)
+        pq = evaluation.per_query_metrics(labels.assign(score=values), "score", settings.seed)
         metrics[name] = evaluation.summarise(pq)
         per_query[name] = pq.set_index("query_id")["ndcg@10"]
     genres = dataset_facts(settings).get("genres", [])[: settings.slice_top_genres]
