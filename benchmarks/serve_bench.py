@@ -30,6 +30,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import catalog
 from pipelines.config import PROJECT_ROOT, Settings, get_settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serve.json"
@@ -62,19 +63,22 @@ class Plan:
 # --- request bodies from the data ------------------------------------------------------------
 
 
-def _fresh_ids(settings: Settings, view: str, key: str, ids_file: str) -> list[str]:
-    """External ids whose latest offline feature row is within the TTL of the data's present."""
-    frame = pd.read_parquet(settings.offline_dir / view, columns=[key, "event_timestamp"])
+def _fresh_ids(settings: Settings, kind: str, ids: catalog.Entry) -> list[str]:
+    """External ids (from the ``ids`` map) whose latest offline feature row of ``kind``
+    ("user" or "item") is within the TTL of the data's present."""
+    key = f"{kind}_id"
+    table = catalog.FEATURE_TABLE.path(settings, kind=kind)
+    frame = pd.read_parquet(table, columns=[key, "event_timestamp"])
     latest = frame.groupby(key)["event_timestamp"].max()
-    marks_file = settings.feast_dir / "watermarks.json"
-    marks = json.loads(marks_file.read_text()) if marks_file.exists() else {}
-    now = max((pd.Timestamp(v) for v in marks.values()), default=latest.max())
+    marks = catalog.WATERMARKS.load_or_none(settings)
+    ends = marks.root.values() if marks is not None else ()
+    now = max((pd.Timestamp(v) for v in ends), default=latest.max())
     fresh = latest[latest >= now - timedelta(days=settings.feature_ttl_days)].index
     internal = set(fresh if len(fresh) >= 20 else latest.index)  # few fresh: take any with rows
 
     from pipelines.ids import read_mapping
 
-    mapping = read_mapping(settings.ids_dir / ids_file)
+    mapping = read_mapping(ids.path(settings))
     return sorted(mapping.loc[mapping["internal_id"].isin(internal), "external_id"].astype(str))
 
 
@@ -82,8 +86,8 @@ def sample_bodies(settings: Settings, plan: Plan) -> tuple[list[dict], dict]:
     """``plan.n_bodies`` requests: a user with online features and ``plan.candidates`` items."""
     import random
 
-    users = _fresh_ids(settings, "user_features", "user_id", "users.parquet")
-    items = _fresh_ids(settings, "item_features", "item_id", "items.parquet")
+    users = _fresh_ids(settings, "user", catalog.USER_IDS)
+    items = _fresh_ids(settings, "item", catalog.ITEM_IDS)
     if not users or len(items) < plan.candidates:
         raise SystemExit("no users or too few items in the data: run `make run` first")
     rng = random.Random(plan.seed)
@@ -301,7 +305,7 @@ def hot_swap(settings: Settings, port: int, plan: Plan, bodies: list[dict]) -> d
 
     original = registry.production_tag(settings)
     assert original, "no production model"
-    pointer = settings.production_pointer
+    pointer = catalog.PRODUCTION.path(settings)
     saved_pointer = pointer.read_bytes()  # restored byte for byte: the bench leaves no history
     new, created = _swap_tag(settings, original)
     console.print(f"[bold]hot swap[/] {original} -> {new} at {plan.swap_rate:.0f} RPS")
@@ -331,9 +335,7 @@ def hot_swap(settings: Settings, port: int, plan: Plan, bodies: list[dict]) -> d
             proc, json.dumps(spec), start_at + plan.swap_at_s, new, settings, wait_s
         )
     finally:
-        restore = pointer.with_suffix(".restore")
-        restore.write_bytes(saved_pointer)
-        restore.replace(pointer)
+        catalog.atomic_write(pointer, saved_pointer)
         if proc.poll() is None:
             proc.kill()
     if proc.returncode != 0 or not out:

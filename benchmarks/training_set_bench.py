@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 
-from pipelines import contracts, resources
+from pipelines import catalog, contracts, resources
 from pipelines.config import PROJECT_ROOT, get_settings
 from pipelines.data import dataset_facts
 
@@ -73,9 +73,10 @@ def unpartitioned_store(spark, root: Path) -> Iterator[Any]:
     from pipelines.features import SNAPSHOT_PARTITION
 
     settings = get_settings()
-    for name in ("user_features", "item_features"):
-        table = spark.read.parquet(str(settings.offline_dir / name)).drop(SNAPSHOT_PARTITION)
-        table.coalesce(1).write.parquet(str(root / "offline" / name))
+    for kind in ("user", "item"):
+        source = catalog.FEATURE_TABLE.path(settings, kind=kind)
+        table = spark.read.parquet(str(source)).drop(SNAPSHOT_PARTITION)
+        table.coalesce(1).write.parquet(str(catalog.FEATURE_TABLE.path(root, kind=kind)))
     saved = os.environ.get("CR_DATA_DIR")
 
     def reload(data_dir: str | None) -> None:
@@ -154,7 +155,7 @@ def run(logical_date: date, out: Path) -> dict[str, Any]:
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "dataset": dataset_facts(settings)["name"],
+        "dataset": dataset_facts(settings).name,
         "logical_date": logical_date.isoformat(),
         "entity_rows": n_rows,
         "spark_as_of_join": spark_result,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logical-date", type=date.fromisoformat, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    day = args.logical_date or date.fromisoformat(dataset_facts(get_settings())["last_date"])
+    day = args.logical_date or dataset_facts(get_settings()).last_date
     report = run(day, args.out)
     console.print(f"speedup {report['speedup']}x -> {args.out}")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -40,9 +40,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    # Not created here, so the writer creates it with the usual permissions (not mkstemp's 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -217,10 +216,13 @@ class FeaturesValidation(RootModel[dict[str, ValidationResult]]):
 
 
 class MaterializeWindow(BaseModel):
+    """``start`` is None, and ``skipped`` says why, when the online store was already newer."""
+
     model_config = ConfigDict(extra="forbid")
-    start: datetime
+    start: datetime | None
     end: datetime
-    rows: dict[str, int]
+    rows: dict[str, int] = {}
+    skipped: str | None = None
 
 
 class Materialize(Artifact):
@@ -249,7 +251,7 @@ class Training(Artifact):
 class Evaluation(Artifact):
     """NDCG and friends per ranker (model, random, popularity, production, oracle)."""
 
-    metrics: dict[str, dict[str, float] | None]
+    metrics: dict[str, dict[str, int | float] | None]
     production_tag: str | None
     slices: list[str]
 
@@ -326,7 +328,7 @@ class Summary(Artifact):
     logical_date: date
     dataset: dict[str, Any]
     validation: SummaryValidation
-    metrics: dict[str, dict[str, float] | None] | None
+    metrics: dict[str, dict[str, int | float] | None] | None
     gate: SummaryGate
     model_tag: str | None
     promoted: bool
@@ -416,7 +418,13 @@ ITEMS = Entry(
     Root.DATASET,
     columns=("item_id",),
 )
+ITEMS_CSV = Entry(
+    "items.csv", Format.CSV, "the same items as CSV", Root.DATASET, columns=ITEMS.columns
+)
 USERS = Entry("users.parquet", Format.PARQUET, "user metadata", Root.DATASET, columns=("user_id",))
+USERS_CSV = Entry(
+    "users.csv", Format.CSV, "the same users as CSV", Root.DATASET, columns=USERS.columns
+)
 TRUTH = Entry(
     "truth.parquet",
     Format.PARQUET,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import catalog
 from pipelines.config import get_settings
 
 app = typer.Typer(add_completion=False, help="content-ranker: daily-retrained feed ranker.")
@@ -23,11 +24,11 @@ def bootstrap() -> None:
 
     settings = get_settings()
     with console.status(f"bootstrapping {settings.dataset} ..."):
-        facts = run(settings)
+        facts = catalog.DatasetFacts.model_validate(run(settings))
     console.print(
-        f"[bold]{facts['name']}[/]: {facts['rows']:,} interactions, {facts['users']:,} users, "
-        f"{facts['items']:,} items, {facts['partitions']} daily partitions "
-        f"{facts['first_date']} .. {facts['last_date']}"
+        f"[bold]{facts.name}[/]: {facts.rows:,} interactions, {facts.users:,} users, "
+        f"{facts.items:,} items, {facts.partitions} daily partitions "
+        f"{facts.first_date} .. {facts.last_date}"
     )
 
 
@@ -36,7 +37,7 @@ def last_date() -> None:
     """Print the last landed day: the logical date of the first DAG run."""
     from pipelines.data import dataset_facts
 
-    print(dataset_facts(get_settings())["last_date"])
+    print(dataset_facts(get_settings()).last_date)
 
 
 # The ``@stage`` names in pipelines/tasks.py: a completed run records a timing for each.
@@ -70,21 +71,22 @@ def check_run(
     start_date) as successful; this turns that, and a stale summary left by an
     earlier run of the same date, into a non-zero exit.
     """
-    from pipelines.runs import as_date, read_json
-
-    run_dir = get_settings().run_dir(as_date(day))
+    settings, logical_date = get_settings(), catalog.as_date(day)
     problems = []
-    summary_path, timings_path = run_dir / "summary.json", run_dir / "timings.json"
-    summary = read_json(summary_path, {})
-    timings = read_json(timings_path, {})
-    if not summary:
+    summary_path = catalog.SUMMARY.path(settings, date=logical_date)
+    timings_path = catalog.TIMINGS.path(settings, date=logical_date)
+    summary = None
+    if not summary_path.exists():
         problems.append(f"no summary at {summary_path}: no task of the run got that far")
     elif summary_path.stat().st_mtime < since:
         problems.append(f"{summary_path} is older than the run: an earlier run wrote it")
-    elif run_id is not None and summary.get("run_id") != run_id:
-        problems.append(f"{summary_path} is from run {summary.get('run_id')!r}, not {run_id!r}")
-    if timings and timings_path.stat().st_mtime < since:
-        timings = {}  # every stage rewrites this file: an old one says nothing of this run
+    else:
+        summary = catalog.SUMMARY.load(settings, date=logical_date)
+        if run_id is not None and summary.run_id != run_id:
+            problems.append(f"{summary_path} is from run {summary.run_id!r}, not {run_id!r}")
+    # Every stage rewrites the timings: an old file says nothing of this run.
+    fresh = timings_path.exists() and timings_path.stat().st_mtime >= since
+    timings = catalog.TIMINGS.load(settings, date=logical_date).root if fresh else {}
     missing = [s for s in RUN_STAGES if s not in timings]
     if missing:
         problems.append(f"stages without a timing from this run: {', '.join(missing)}")
@@ -94,43 +96,49 @@ def check_run(
             console.print(f"  - {problem}")
         raise typer.Exit(1)
     ran = ", ".join(f"{s} {timings[s]:.0f}s" for s in timings)
-    console.print(f"run {day} ({summary.get('run_id')}) ran {len(timings)} stages: {ran}")
+    run_name = summary.run_id if summary is not None else None
+    console.print(f"run {day} ({run_name}) ran {len(timings)} stages: {ran}")
 
 
-def metrics_table(summary: dict) -> Table:
-    table = Table(title=f"holdout evaluation, run {summary['logical_date']}")
+def metrics_table(
+    logical_date: date | str, metrics: dict[str, dict[str, float] | None] | None
+) -> Table:
+    """The holdout metrics per ranker (``Summary.metrics``) of the run of ``logical_date``."""
+    table = Table(title=f"holdout evaluation, run {logical_date}")
     table.add_column("ranker")
     for col in ("ndcg@10", "map@10", "recall@10", "queries"):
         table.add_column(col, justify="right")
-    for name, values in (summary.get("metrics") or {}).items():
+    for name, values in (metrics or {}).items():
         if values is None:
             table.add_row(name, "-", "-", "-", "-")
             continue
         table.add_row(
             name,
             *(f"{values[c]:.4f}" for c in ("ndcg@10", "map@10", "recall@10")),
-            str(values["queries"]),
+            f"{values['queries']:.0f}",  # a count, though the catalog's model reads a float
         )
     return table
 
 
 def latest_summary() -> Path:
-    runs = sorted((get_settings().data_dir / "runs").glob("*/summary.json"))
-    if not runs:
+    """The summary of the latest run that wrote one."""
+    settings = get_settings()
+    days = catalog.SUMMARY.dates(settings)
+    if not days:
         raise typer.BadParameter("no run has written a summary yet: run `make run` first")
-    return runs[-1]
+    return catalog.SUMMARY.path(settings, date=days[-1])
 
 
 @app.command()
 def report(summary_path: Path | None = None) -> None:
     """Print the evaluation table, the gate decision and the timings of a run."""
     path = summary_path or latest_summary()
-    summary = json.loads(path.read_text())
-    console.print(metrics_table(summary))
-    gate = summary["gate"]
-    console.print(f"gate passed: {gate['passed']} ({gate['reason']})")
-    console.print(f"model: {summary['model_tag']}  promoted: {summary['promoted']}")
-    timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
+    summary = catalog.Summary.model_validate_json(path.read_bytes())
+    console.print(metrics_table(summary.logical_date, summary.metrics))
+    gate = summary.gate
+    console.print(f"gate passed: {gate.passed} ({gate.reason})")
+    console.print(f"model: {summary.model_tag}  promoted: {summary.promoted}")
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary.timings_s.items())
     console.print(f"timings: {timings}")
     console.print(f"summary: {path}")
 
@@ -146,13 +154,11 @@ def demo(summary_path: Path | None = None) -> None:
 
     settings = get_settings()
     path = summary_path or latest_summary()
-    holdout = pd.read_parquet(path.parent / "holdout.parquet")
+    summary = catalog.Summary.model_validate_json(path.read_bytes())
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=summary.logical_date))
     body = sample_requests(holdout, 1, settings.seed)[0]
-    items = (
-        pd.read_parquet(settings.dataset_dir / "items.parquet")
-        if (settings.dataset_dir / "items.parquet").exists()
-        else None
-    )
+    items_path = catalog.ITEMS.path(catalog.dataset_dir(settings))
+    items = pd.read_parquet(items_path) if items_path.exists() else None
     titles = dict(zip(items["item_id"], items["title"], strict=False)) if items is not None else {}
     with console.status("starting the BentoML server ..."), serve(settings) as base:
         answer = httpx.post(f"{base}/rank", json=body, timeout=30).json()
@@ -204,14 +210,15 @@ def synth(
     columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("impressions", total=events)
-        facts = generate(cfg, out, progress=lambda n: bar.update(task, completed=n))
-        bar.update(task, total=facts["events"])  # a few fewer when a session ran out of items
+        written = generate(cfg, out, progress=lambda n: bar.update(task, completed=n))
+        facts = catalog.SynthFacts.model_validate(written)
+        bar.update(task, total=facts.events)  # a few fewer when a session ran out of items
     elapsed = time.perf_counter() - started
     console.print(
-        f"[bold]{out}[/]: {facts['events']:,} impressions ({facts['positive_share']:.1%} with "
-        f"rating > 0), {facts['users']:,} users, {facts['items']:,} items, "
-        f"{facts['first_date']} .. {facts['last_date']}; "
-        f"{elapsed:.1f} s, {facts['events'] / elapsed:,.0f} events/s"
+        f"[bold]{out}[/]: {facts.events:,} impressions ({facts.positive_share:.1%} with "
+        f"rating > 0), {facts.users:,} users, {facts.items:,} items, "
+        f"{facts.first_date} .. {facts.last_date}; "
+        f"{elapsed:.1f} s, {facts.events / elapsed:,.0f} events/s"
     )
 
 

@@ -7,7 +7,6 @@ stage that writes into them.
 from __future__ import annotations
 
 import os
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,41 +102,14 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 
-    # --- derived locations --------------------------------------------------------
+    # --- tools' own homes (the datasets stages hand over are in pipelines.catalog) ---
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
 
     @property
-    def dataset_dir(self) -> Path:
-        """The active data set converted to the generic format."""
-        return self.data_dir / "dataset"
-
-    @property
-    def landing_dir(self) -> Path:
-        """Daily partitions as they arrive from upstream."""
-        return self.data_dir / "landing"
-
-    @property
-    def raw_dir(self) -> Path:
-        """Ingested daily partitions: ``raw/date=YYYY-MM-DD/part.parquet``."""
-        return self.data_dir / "lake" / "raw"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.data_dir / "lake" / "quarantine"
-
-    @property
-    def ids_dir(self) -> Path:
-        return self.data_dir / "lake" / "ids"
-
-    @property
-    def offline_dir(self) -> Path:
-        """Feast offline sources (parquet written by Spark)."""
-        return self.data_dir / "offline"
-
-    @property
     def feast_dir(self) -> Path:
+        """Feast's registry and online store (``features/feature_store.yaml``)."""
         return self.data_dir / "feast"
 
     @property
@@ -151,14 +123,6 @@ class Settings(BaseSettings):
     @property
     def bentoml_home(self) -> Path:
         return self.data_dir / "bentoml"
-
-    @property
-    def production_pointer(self) -> Path:
-        return self.data_dir / "registry" / "production.json"
-
-    def run_dir(self, logical_date: date) -> Path:
-        """Every output of a DAG run lives here, keyed by its logical date."""
-        return self.data_dir / "runs" / logical_date.isoformat()
 
     def export_env(self) -> None:
         """Expose the locations that other tools read from the environment.

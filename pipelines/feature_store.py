@@ -6,19 +6,16 @@ the CLI costs ~7-12 s of imports per call on this machine.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import Settings
-from pipelines.runs import write_json
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -55,10 +52,6 @@ def apply(settings: Settings) -> list[str]:
     return [o.name for o in objects]
 
 
-def _watermark_file(settings: Settings) -> Path:
-    return settings.feast_dir / "watermarks.json"
-
-
 def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str, Any]:
     """Load the latest feature row per entity with timestamp in [start, end] online.
 
@@ -66,10 +59,10 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     reset Feast's own (feast#2905); a re-run of the same window is a no-op upsert.
     """
     store = open_store(settings)
-    wm_file = _watermark_file(settings)
-    marks: dict[str, str] = json.loads(wm_file.read_text()) if wm_file.exists() else {}
+    recorded = catalog.WATERMARKS.load_or_none(settings)
+    marks = recorded.root if recorded else {}
     views = [contracts.USER_VIEW, contracts.ITEM_VIEW]
-    known = [datetime.fromisoformat(marks[v]) for v in views if v in marks]
+    known = [marks[v].astimezone(UTC) for v in views if v in marks]
     if known and min(known) > end:
         # A backfill of an earlier date: the online store already holds newer rows,
         # and loading this window would roll them back.
@@ -80,7 +73,7 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     rows = {v: load_online(settings, store, v, view_start, end) for v in views}
     # Written only after every view is loaded, and atomically: a task killed before
     # this line leaves the old watermark, so its retry reloads the whole window.
-    write_json(wm_file, {**marks, **{v: end.isoformat() for v in views}})
+    catalog.WATERMARKS.save(settings, {**marks, **{v: end for v in views}})
     return {"start": view_start.isoformat(), "end": end.isoformat(), "rows": rows}
 
 
@@ -117,7 +110,7 @@ def load_online(
     key = view.entity_columns[0].name
     ts = view.batch_source.timestamp_field
     spark = get_spark(settings)
-    staged = settings.feast_dir / "staging" / view_name
+    staged = catalog.ONLINE_STAGING.path(settings, view=view_name)
     columns = [key, ts, *(f.name for f in view.features)]
     snapshots = spark.read.parquet(view.batch_source.path).select(*columns)
     latest_rows(snapshots, key, ts, start, end).write.mode("overwrite").parquet(str(staged))

@@ -15,6 +15,7 @@ recomputes everything; both ways give the same rows.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.contracts import GENRE_SLOTS, WINDOWS_DAYS
 
 if TYPE_CHECKING:
@@ -279,6 +280,12 @@ def _month(day: date) -> str:
     return f"{day.year:04d}-{day.month:02d}"
 
 
+def staging_path(table: Path) -> Path:
+    """The sibling folder an incremental :func:`write_offline` fills before swapping its
+    months into ``table``; left behind, it marks a killed swap."""
+    return table.with_name(table.name + ".staging")
+
+
 def write_offline(frame: DataFrame, path: str, since: date | None) -> int:
     """Write one Feast offline source, partitioned by the month of the snapshot date.
 
@@ -308,7 +315,7 @@ def write_offline(frame: DataFrame, path: str, since: date | None) -> int:
     ordered = dated.repartition(SNAPSHOT_PARTITION).sortWithinPartitions(
         SNAPSHOT_PARTITION, key, "event_timestamp"
     )
-    staging = target.with_name(target.name + ".staging")
+    staging = staging_path(target)
     if since is None:
         ordered.write.mode("overwrite").partitionBy(SNAPSHOT_PARTITION).parquet(path)
         shutil.rmtree(staging, ignore_errors=True)  # what a killed incremental run left
@@ -338,25 +345,22 @@ def table_rows(path: str | Path, since: date | None = None) -> int:
     return table.count_rows(filter=where)
 
 
-def _state_dir(settings, kind: str) -> Path:
-    return settings.offline_dir / "feature_state" / kind
+def _states(kind: str) -> catalog.Entry:
+    """``catalog.FEATURE_STATE`` of one ``kind``: keyed by the date alone, so that
+    ``dates`` lists the states kept."""
+    template = catalog.FEATURE_STATE.template.replace("{kind}", kind)
+    return dataclasses.replace(catalog.FEATURE_STATE, template=template)
 
 
 def previous_state(spark: SparkSession, settings, logical_date: date) -> Previous | None:
     """The newest state from before ``logical_date`` that both tables were built on, or None
     (then the run recomputes everything)."""
-    tables = [settings.offline_dir / f"{k}_features" for k in ("user", "item")]
+    tables = [catalog.FEATURE_TABLE.path(settings, kind=k) for k in ("user", "item")]
     if not all(t.exists() for t in tables):
         return None
-    if any(t.with_name(t.name + ".staging").exists() for t in tables):
+    if any(staging_path(t).exists() for t in tables):
         return None  # a run was killed in the middle of swapping months in: rebuild
-    found = {
-        k: {
-            date.fromisoformat(d.name.removeprefix("through="))
-            for d in _state_dir(settings, k).glob("through=*")
-        }
-        for k in ("user", "item")
-    }
+    found = {k: set(_states(k).dates(settings)) for k in ("user", "item")}
     usable = sorted(d for d in found["user"] & found["item"] if d < logical_date)
     if not usable:
         return None
@@ -364,7 +368,7 @@ def previous_state(spark: SparkSession, settings, logical_date: date) -> Previou
     return Previous(
         through,
         *(
-            spark.read.parquet(str(_state_dir(settings, k) / f"through={through}"))
+            spark.read.parquet(str(catalog.FEATURE_STATE.path(settings, kind=k, date=through)))
             for k in ("user", "item")
         ),
     )
@@ -374,68 +378,10 @@ def write_state(frame: DataFrame, settings, kind: str, through: date, after: dat
     """Keep the state through ``through``. States after ``after`` (the one this run started
     from) were built on lake days this run recomputed, so they are dropped; so are all
     but the newest :data:`STATES_KEPT`."""
-    root = _state_dir(settings, kind)
-    frame.coalesce(1).write.mode("overwrite").parquet(str(root / f"through={through}"))
-    kept = sorted(root.glob("through=*"))
-    for old in kept:
-        day = date.fromisoformat(old.name.removeprefix("through="))
+    states = _states(kind)
+    frame.coalesce(1).write.mode("overwrite").parquet(str(states.path(settings, date=through)))
+    kept = states.dates(settings)
+    for day in kept:
         stale = after is not None and after < day < through or after is None and day != through
-        if stale or old in kept[:-STATES_KEPT]:
-            shutil.rmtree(old)
-
-
-def build_features(logical_date: date, settings) -> dict:
-    """Stage: bring both feature tables up to the lake's last day.
-
-    The tables hold every snapshot the lake supports, through the day after its last
-    partition, whatever the run's date: each row only summarises events before its
-    own timestamp, and point-in-time joins never read past an entity row's time. So
-    a backfill of an earlier date, run after later ones, drops none of the snapshots
-    that the later runs and the online store rely on. From the newest state before the
-    run's date (:func:`previous_state`), only the later snapshots are computed, from the
-    lake days their windows cover; a re-run of a date recomputes its own day.
-    """
-    import json
-
-    from pyspark import StorageLevel
-
-    from pipelines import ids
-    from pipelines.ingest import lake_days, lake_frame
-    from pipelines.spark import get_spark
-
-    spark = get_spark(settings)
-    through = max([logical_date, *lake_days(settings)])
-    previous = previous_state(spark, settings, logical_date)
-    since = first_snapshot_day(previous)
-    # Read once: the id maps and both tables read it again, and on a lake of a thousand
-    # daily files opening them cost more than the work (5-10 s per read on 2 cores).
-    lake = lake_frame(spark, settings, until=through, since=events_since(previous))
-    lake = lake.persist(StorageLevel.MEMORY_AND_DISK)
-    users = ids.update_mapping(
-        settings.ids_dir / "users.parquet", ids.distinct_ids(lake, "user_id")
-    )
-    items = ids.update_mapping(
-        settings.ids_dir / "items.parquet", ids.distinct_ids(lake, "item_id")
-    )
-    events = ids.internal_events(spark, lake, users, items)
-    meta_path = settings.dataset_dir / "items.parquet"
-    meta = pd.read_parquet(meta_path).astype({"item_id": "string"}) if meta_path.exists() else None
-    facts = json.loads((settings.dataset_dir / "dataset.json").read_text())
-    attrs = item_attributes(meta, items, facts.get("genres", []))
-
-    out = compute_features(spark, events, attrs, through, previous)
-    settings.offline_dir.mkdir(parents=True, exist_ok=True)
-    n_users = write_offline(out.users, str(settings.offline_dir / "user_features"), since)
-    n_items = write_offline(out.items, str(settings.offline_dir / "item_features"), since)
-    after = previous.through if previous else None
-    write_state(out.user_state, settings, "user", through, after)
-    write_state(out.item_state, settings, "item", through, after)
-    result = {
-        "user_rows": n_users,
-        "item_rows": n_items,
-        "events_read": lake.count(),
-        "through": through.isoformat(),
-        "since": since.isoformat() if since else None,
-    }
-    lake.unpersist()
-    return result
+        if stale or day in kept[:-STATES_KEPT]:
+            shutil.rmtree(states.path(settings, date=day))

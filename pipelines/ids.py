@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipelines import catalog
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -36,12 +38,11 @@ def read_mapping(path: Path) -> pd.DataFrame:
 
 
 def update_mapping(path: Path, external_ids: pd.Series) -> pd.DataFrame:
-    """Extend the mapping stored at ``path`` with ``external_ids`` and write it back."""
+    """Extend the mapping stored at ``path`` (``catalog.USER_IDS`` or ``ITEM_IDS``) with
+    ``external_ids`` and write it back atomically."""
     mapping = extend_mapping(read_mapping(path), external_ids)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    mapping.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with catalog.atomic_path(path) as tmp:
+        mapping.to_parquet(tmp, index=False)
     return mapping
 
 

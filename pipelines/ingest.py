@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from pipelines import catalog
 from pipelines.config import Settings
-from pipelines.data import partition_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -19,19 +19,11 @@ LAKE_SPLIT_BYTES = 64 << 20  # parquet bytes of the lake per Spark read task
 
 
 def landed_days(settings: Settings) -> list[date]:
-    return sorted(
-        date.fromisoformat(p.name.removeprefix("date="))
-        for p in settings.landing_dir.glob("date=*")
-        if (p / "part.parquet").exists()
-    )
+    return catalog.LANDING.dates(settings)
 
 
 def lake_days(settings: Settings) -> list[date]:
-    return sorted(
-        date.fromisoformat(p.name.removeprefix("date="))
-        for p in settings.raw_dir.glob("date=*")
-        if (p / "part.parquet").exists()
-    )
+    return catalog.LAKE.dates(settings)
 
 
 def days_to_ingest(
@@ -49,9 +41,8 @@ def ingest(logical_date: date, settings: Settings, backfill_from: date | None = 
     """Copy partitions from landing into the raw lake, overwriting (a re-run never duplicates)."""
     days = days_to_ingest(logical_date, landed_days(settings), lake_days(settings), backfill_from)
     for day in days:
-        target = partition_path(settings.raw_dir, day)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(partition_path(settings.landing_dir, day), target)
+        with catalog.atomic_path(catalog.LAKE.path(settings, date=day)) as target:
+            shutil.copyfile(catalog.LANDING.path(settings, date=day), target)
     return days
 
 
@@ -67,7 +58,7 @@ def day_batches(settings: Settings, days: list[date], max_rows: int) -> list[lis
     batches: list[list[date]] = []
     rows = 0
     for day in sorted(days):
-        n = pq.read_metadata(partition_path(settings.raw_dir, day)).num_rows
+        n = pq.read_metadata(catalog.LAKE.path(settings, date=day)).num_rows
         if not batches or rows + n > max_rows:
             batches.append([])
             rows = 0
@@ -80,7 +71,7 @@ def read_partitions(settings: Settings, days: list[date]) -> pd.DataFrame:
     """The raw rows of ``days``, with the partition each row came from."""
     frames = []
     for day in days:
-        part = pd.read_parquet(partition_path(settings.raw_dir, day))
+        part = pd.read_parquet(catalog.LAKE.path(settings, date=day))
         frames.append(part.assign(partition_date=day.isoformat()))
     if not frames:
         return pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp", "partition_date"])
@@ -96,9 +87,10 @@ def lake_frame(
     from pyspark.sql import functions as F
 
     days = [d for d in lake_days(settings) if d <= until and (since is None or d >= since)]
-    files = [partition_path(settings.raw_dir, d) for d in days]
+    files = [catalog.LAKE.path(settings, date=d) for d in days]
     if not files:
-        raise FileNotFoundError(f"no validated partition up to {until} in {settings.raw_dir}")
+        lake = catalog.LAKE.prefix(settings)
+        raise FileNotFoundError(f"no validated partition up to {until} in {lake}")
     # Spark packs about 32 small daily files per read task, so ML-1M's thousand days
     # make 29 tasks of ~1k rows on every scan; a task per LAKE_SPLIT_BYTES (at least one
     # per core) scans the same rows with a tenth of the tasks.
@@ -124,6 +116,6 @@ def lake_events(spark: SparkSession, settings: Settings, until: date) -> DataFra
     return ids.internal_events(
         spark,
         lake_frame(spark, settings, until=until),
-        ids.read_mapping(settings.ids_dir / "users.parquet"),
-        ids.read_mapping(settings.ids_dir / "items.parquet"),
+        ids.read_mapping(catalog.USER_IDS.path(settings)),
+        ids.read_mapping(catalog.ITEM_IDS.path(settings)),
     )

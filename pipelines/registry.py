@@ -1,19 +1,17 @@
 """Model registry: BentoML's model store holds the models, a JSON pointer names production.
 
-Serving loads the exact tag the pointer names (never ``:latest``), so promotion and
-rollback are one atomic file write each, and the model store keeps every version.
+Serving loads the exact tag the pointer (``catalog.PRODUCTION``) names (never ``:latest``), so
+promotion and rollback are one atomic file write each, and the model store keeps every version.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import Settings
 
 if TYPE_CHECKING:
@@ -117,64 +115,43 @@ def list_models(settings: Settings, name: str = DEFAULT_MODEL_NAME) -> list[str]
 # --- the production pointer ---------------------------------------------------------------
 
 
-def read_pointer(settings: Settings) -> dict | None:
-    """The pointer file's content, or None if nothing was ever promoted."""
-    path = settings.production_pointer
-    if not path.exists():
-        return None
-    return json.loads(path.read_text())
+def read_pointer(settings: Settings) -> catalog.ProductionPointer | None:
+    """The production pointer, or None if nothing was ever promoted."""
+    return catalog.PRODUCTION.load_or_none(settings)
 
 
 def production_tag(settings: Settings) -> str | None:
     """The tag serving should load, or None if nothing was ever promoted."""
     pointer = read_pointer(settings)
-    return pointer.get("tag") if pointer else None
+    return pointer.tag if pointer else None
 
 
-def _write_pointer(path: Path, pointer: dict) -> None:
-    """Atomic replace: a reader sees the old or the new pointer, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".production.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(pointer, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def promote(tag: str, settings: Settings, reason: str) -> dict:
+def promote(tag: str, settings: Settings, reason: str) -> catalog.ProductionPointer:
     """Point production at ``tag`` (which must exist in the store), keeping the old tag in history."""
     _bentoml(settings).models.get(tag)  # fail before touching the pointer
-    old = read_pointer(settings) or {}
-    previous = list(old.get("previous", []))
-    if old.get("tag") and old["tag"] != tag:
-        previous.insert(0, old["tag"])
-    pointer = {
-        "tag": tag,
-        "previous": previous[:MAX_HISTORY],
-        "promoted_at": datetime.now(UTC).isoformat(),
-        "reason": reason,
-    }
-    _write_pointer(settings.production_pointer, pointer)
+    old = read_pointer(settings)
+    previous = list(old.previous) if old else []
+    if old and old.tag != tag:
+        previous.insert(0, old.tag)
+    pointer = catalog.ProductionPointer(
+        tag=tag, previous=previous[:MAX_HISTORY], promoted_at=datetime.now(UTC), reason=reason
+    )
+    catalog.PRODUCTION.save(settings, pointer)
     return pointer
 
 
 def rollback(settings: Settings, reason: str = "rollback") -> str:
     """Point production back at the previous tag; returns it."""
     old = read_pointer(settings)
-    if not old or not old.get("previous"):
+    if not old or not old.previous:
         raise RuntimeError("no previous production model to roll back to")
-    tag, *rest = old["previous"]
-    pointer = {
-        "tag": tag,
-        "previous": rest,
-        "promoted_at": datetime.now(UTC).isoformat(),
-        "reason": reason,
-        "rolled_back_from": old["tag"],
-    }
-    _write_pointer(settings.production_pointer, pointer)
+    tag, *rest = old.previous
+    pointer = catalog.ProductionPointer(
+        tag=tag,
+        previous=rest,
+        promoted_at=datetime.now(UTC),
+        reason=reason,
+        rolled_back_from=old.tag,
+    )
+    catalog.PRODUCTION.save(settings, pointer)
     return tag

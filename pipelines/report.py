@@ -1,9 +1,9 @@
-"""A self-contained HTML report per DAG run, written to ``runs/<logical date>/report.html``.
+"""A self-contained HTML report per DAG run, written into its run directory (``catalog.REPORT``).
 
-It reads whatever the run's tasks left behind (any file may be missing: a run that
-stopped at validation has little more than ``validation.json``) and renders the sections
-it can. Figures are matplotlib PNGs embedded as base64, so the file can be mailed or
-archived on its own.
+It reads whatever the run's tasks left behind, through the catalog (any artifact may be
+missing: a run that stopped at validation has little more than its ``catalog.VALIDATION``
+verdict) and renders the sections it can. Figures are matplotlib PNGs embedded as base64,
+so the file can be mailed or archived on its own.
 
     python -m pipelines.report .data/runs/2003-02-28
 """
@@ -19,8 +19,9 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -30,7 +31,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from pipelines import contracts  # noqa: E402
+from pipelines import catalog, contracts  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipelines.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,32 +131,52 @@ def _png(fig: Figure) -> str:
     return f'<img alt="figure" src="data:image/png;base64,{data}">'
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+def _count(value: float | None) -> int | None:
+    """A count from a metrics dict (the catalog's model reads every metric as a float)."""
+    return None if value is None else int(value)
 
 
-def _load(run_dir: Path) -> Inputs:
-    """Every input the report can use; missing files are ``None``. Large files load lazily."""
-    names = (
-        "evaluation",
-        "gate",
-        "validation",
-        "timings",
-        "summary",
-        "promotion",
-        "register",
-        "infra_validation",
-    )
-    inputs: Inputs = {name: _read_json(run_dir / f"{name}.json") for name in names}
-    per_query = run_dir / "per_query_ndcg.parquet"
+# The run's JSON artifacts the report reads, by their key in ``Inputs``.
+ARTIFACTS: dict[str, catalog.Entry] = {
+    "evaluation": catalog.EVALUATION,
+    "gate": catalog.GATE,
+    "validation": catalog.VALIDATION,
+    "timings": catalog.TIMINGS,
+    "summary": catalog.SUMMARY,
+    "promotion": catalog.PROMOTION,
+    "register": catalog.REGISTRATION,
+    "infra_validation": catalog.INFRA_VALIDATION,
+}
+
+
+def _run(base: Settings | Path, logical_date: date | str | None) -> tuple[Settings | Path, date]:
+    """The data directory (or settings) and logical date of a run; without a date, ``base``
+    is the run directory itself (``<data dir>/runs/<date>``)."""
+    if logical_date is not None:
+        return base, catalog.as_date(logical_date)
+    run_dir = Path(base)
+    day = catalog.as_date(run_dir.name)
+    data_dir = run_dir.parents[catalog.RUN.count("/")]
+    if catalog.REPORT.path(data_dir, date=day).parent != run_dir:
+        raise ValueError(f"{run_dir} is not a run directory (<data dir>/{catalog.RUN})")
+    return data_dir, day
+
+
+def _load(base: Settings | Path, day: date) -> Inputs:
+    """Every input the report can use (JSON artifacts as their catalog models); a missing one
+    is ``None``. The booster and the holdout load lazily, in the sections that use them."""
+    inputs: Inputs = {name: entry.load_or_none(base, date=day) for name, entry in ARTIFACTS.items()}
+    per_query = catalog.PER_QUERY.path(base, date=day)
     inputs["per_query"] = pd.read_parquet(per_query) if per_query.exists() else None
-    inputs["run_dir"] = run_dir
+    inputs["candidate"] = catalog.CANDIDATE.path(base, date=day)
+    inputs["holdout"] = catalog.HOLDOUT.path(base, date=day)
+    inputs["logical_date"] = day
+    inputs["folder"] = catalog.REPORT.path(base, date=day).parent  # where the report goes
     return inputs
 
 
-def _rankers(evaluation: dict) -> list[str]:
+def _rankers(metrics: dict[str, Any]) -> list[str]:
     """Rankers with metrics, in display order (a missing champion is skipped)."""
-    metrics = evaluation.get("metrics") or {}
     known = [r for r in RANKERS if metrics.get(r)]
     return known + sorted(r for r, m in metrics.items() if m and r not in RANKERS)
 
@@ -166,70 +190,69 @@ def _color(ranker: str) -> str:
 
 def _header(inputs: Inputs) -> str:
     """Logical date, the promotion (or gate) decision and its reason, and the gate checks."""
-    run_dir: Path = inputs["run_dir"]
-    promotion, gate, validation = inputs["promotion"], inputs["gate"], inputs["validation"]
+    day = inputs["logical_date"].isoformat()
+    promotion: catalog.Promotion | None = inputs["promotion"]
+    gate: catalog.GateDecision | None = inputs["gate"]
+    validation: catalog.ValidationResult | None = inputs["validation"]
     if promotion is not None:
-        promoted = bool(promotion.get("promoted"))
-        badge = ("pass", "promoted") if promoted else ("fail", "not promoted")
-        reason = promotion.get("reason")
+        badge = ("pass", "promoted") if promotion.promoted else ("fail", "not promoted")
+        reason = promotion.reason
     elif gate is not None:
-        badge = ("pass", "gate passed") if gate.get("passed") else ("fail", "gate failed")
-        reason = gate.get("reason")
-    elif validation is not None and not validation.get("passed"):
+        badge = ("pass", "gate passed") if gate.passed else ("fail", "gate failed")
+        reason = gate.reason
+    elif validation is not None and not validation.passed:
         badge, reason = ("fail", "stopped: validation failed"), _validation_reason(validation)
     else:
         badge, reason = ("none", "incomplete run"), "no gate decision was recorded"
     facts = []
-    summary = inputs["summary"] or {}
-    if summary.get("run_id"):
-        facts.append(("run id", summary["run_id"]))
-    if inputs["register"]:
-        facts.append(("candidate", inputs["register"].get("model_tag")))
+    summary: catalog.Summary | None = inputs["summary"]
+    if summary is not None and summary.run_id:
+        facts.append(("run id", summary.run_id))
+    if inputs["register"] is not None:
+        facts.append(("candidate", inputs["register"].model_tag))
     if inputs["evaluation"] is not None:
-        facts.append(("champion", inputs["evaluation"].get("production_tag") or "none yet"))
-    if promotion is not None and promotion.get("production_tag"):
-        facts.append(("production after this run", promotion["production_tag"]))
+        facts.append(("champion", inputs["evaluation"].production_tag or "none yet"))
+    if promotion is not None and promotion.production_tag:
+        facts.append(("production after this run", promotion.production_tag))
     if gate is not None and promotion is not None:
-        facts.append(("gate", "passed" if gate.get("passed") else "failed"))
-    infra = inputs["infra_validation"]
+        facts.append(("gate", "passed" if gate.passed else "failed"))
+    infra: catalog.InfraValidation | None = inputs["infra_validation"]
     if infra is not None:
-        state = (
-            "skipped" if infra.get("skipped") else ("passed" if infra.get("passed") else "failed")
-        )
-        facts.append(("infra-validation", f"{state}: {infra.get('reason', '')}"))
+        state = "skipped" if infra.skipped else ("passed" if infra.passed else "failed")
+        facts.append(("infra-validation", f"{state}: {infra.reason or ''}"))
     parts = [
-        f"<h1>Run report &mdash; {_esc(run_dir.name)}</h1>",
-        f'<p>Logical date <b>{_esc(run_dir.name)}</b> &nbsp; <span class="badge {badge[0]}">'
+        f"<h1>Run report &mdash; {_esc(day)}</h1>",
+        f'<p>Logical date <b>{_esc(day)}</b> &nbsp; <span class="badge {badge[0]}">'
         f"{_esc(badge[1])}</span></p>",
         f"<p><b>Reason:</b> {_esc(reason or '–')}</p>",
     ]
     if facts:
         parts.append(_table(["", ""], [[k, v] for k, v in facts]))
-    if gate is not None and gate.get("checks"):
-        rows = [[c.get("check"), _status(c.get("passed")), c.get("detail")] for c in gate["checks"]]
+    if gate is not None and gate.checks:
+        rows = [[c.get("check"), _status(c.get("passed")), c.get("detail")] for c in gate.checks]
         parts.append("<h3>Gate checks</h3>" + _table(["check", "result", "detail"], rows))
     return "\n".join(parts)
 
 
-def _validation_reason(validation: dict) -> str:
+def _validation_reason(validation: catalog.ValidationResult) -> str:
     """One line naming the failed expectations, for the header of a run that stopped early."""
     failed = [
         f"{f.get('expectation')}" + (f" on {f['column']}" if f.get("column") else "")
-        for suite in (validation.get("suites") or {}).values()
-        for f in suite.get("failed_expectations") or []
+        for suite in validation.suites.values()
+        for f in suite.failed_expectations
     ]
     return "raw data broke its contract: " + ("; ".join(failed) or "no details recorded")
 
 
 def _metrics_section(inputs: Inputs) -> str | None:
     """Mean metrics of the candidate, the champion and the baselines: table and grouped bars."""
-    evaluation = inputs["evaluation"]
-    if evaluation is None or not evaluation.get("metrics"):
+    evaluation: catalog.Evaluation | None = inputs["evaluation"]
+    if evaluation is None or not evaluation.metrics:
         return None
-    metrics = evaluation["metrics"]
-    rankers = _rankers(evaluation)
+    metrics = evaluation.metrics
+    rankers = _rankers(metrics)
     rows = [
-        [LABELS.get(r, r), *(metrics[r].get(m) for m in METRICS), metrics[r].get("queries")]
+        [LABELS.get(r, r), *(metrics[r].get(m) for m in METRICS), _count(metrics[r].get("queries"))]
         for r in rankers
     ]
     table = _table(["ranker", *METRICS, "queries"], rows)
@@ -259,10 +282,10 @@ def _metrics_section(inputs: Inputs) -> str | None:
 
 def _slices_section(inputs: Inputs) -> str | None:
     """Model vs the gate's reference ranker on each slice; regressions in red."""
-    gate = inputs["gate"]
-    if gate is None or not gate.get("slices"):
+    gate: catalog.GateDecision | None = inputs["gate"]
+    if gate is None or not gate.slices:
         return None
-    rows = gate["slices"]
+    rows = gate.slices
     fixed = {"slice", "queries", "model", "regression"}
     reference = next((k for k in rows[0] if k not in fixed), "reference")
     header = ["slice", "queries", "model", reference, "model − ref", "regression"]
@@ -365,20 +388,22 @@ def _feature_name(name: str) -> str:
     return name
 
 
-def _load_booster(run_dir: Path) -> Any:
-    import xgboost
+def _booster(inputs: Inputs) -> Any:
+    """The candidate booster, loaded on first use."""
+    if "booster" not in inputs:
+        import xgboost
 
-    booster = xgboost.Booster()
-    booster.load_model(run_dir / "candidate.ubj")
-    return booster
+        booster = xgboost.Booster()
+        booster.load_model(inputs["candidate"])
+        inputs["booster"] = booster
+    return inputs["booster"]
 
 
 def _importance_section(inputs: Inputs) -> str | None:
     """Top features of the candidate by total gain."""
-    path = inputs["run_dir"] / "candidate.ubj"
-    if not path.exists():
+    if not inputs["candidate"].exists():
         return None
-    booster = inputs.setdefault("booster", _load_booster(inputs["run_dir"]))
+    booster = _booster(inputs)
     gains = {
         _feature_name(k): float(v) for k, v in booster.get_score(importance_type="gain").items()
     }
@@ -403,13 +428,12 @@ def _importance_section(inputs: Inputs) -> str | None:
 
 def _scores_section(inputs: Inputs) -> str | None:
     """The candidate's scores on the holdout, relevant (label > 0) vs non-relevant rows."""
-    run_dir: Path = inputs["run_dir"]
-    if not (run_dir / "candidate.ubj").exists() or not (run_dir / "holdout.parquet").exists():
+    if not inputs["candidate"].exists() or not inputs["holdout"].exists():
         return None
     from pipelines import scoring
 
-    booster = inputs.setdefault("booster", _load_booster(run_dir))
-    holdout = pd.read_parquet(run_dir / "holdout.parquet")
+    booster = _booster(inputs)
+    holdout = pd.read_parquet(inputs["holdout"])
     scores = scoring.score(booster, scoring.to_matrix(holdout))
     relevant = holdout["label"].to_numpy(dtype=float) > 0
     pos, neg = scores[relevant], scores[~relevant]
@@ -453,10 +477,11 @@ def _pairwise_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 
 def _significance_section(inputs: Inputs) -> str | None:
     """The paired comparison with the champion: bootstrap bounds, Wilcoxon, per-query diffs."""
-    gate, frame = inputs["gate"], inputs["per_query"]
+    gate: catalog.GateDecision | None = inputs["gate"]
+    frame = inputs["per_query"]
     if gate is None:
         return None
-    significance = gate.get("significance")
+    significance = gate.significance
     if not significance:
         return (
             "<h2>Champion/challenger significance</h2>"
@@ -504,12 +529,12 @@ def _significance_section(inputs: Inputs) -> str | None:
     return "\n".join(parts)
 
 
-def _docs_link(path_text: str, run_dir: Path) -> str:
-    """A ``file://`` link to the Data Docs, and the path relative to the report."""
+def _docs_link(path_text: str, folder: Path) -> str:
+    """A ``file://`` link to the Data Docs, and the path relative to the report's ``folder``."""
     path = Path(path_text)
     if not path.is_absolute():
         return f'<a href="{_esc(path_text)}">{_esc(path_text)}</a>'
-    relative = os.path.relpath(path, run_dir.resolve())
+    relative = os.path.relpath(path, folder.resolve())
     return (
         f'<a href="{_esc(path.as_uri())}">{_esc(path.as_uri())}</a> '
         f'(relative: <a href="{_esc(relative)}">{_esc(relative)}</a>)'
@@ -518,31 +543,25 @@ def _docs_link(path_text: str, run_dir: Path) -> str:
 
 def _validation_section(inputs: Inputs) -> str | None:
     """Each suite's result, its failed expectations, and the Data Docs link."""
-    validation = inputs["validation"]
+    validation: catalog.ValidationResult | None = inputs["validation"]
     if validation is None:
         return None
-    partitions = validation.get("partitions") or []
+    partitions = validation.partitions
     span = f"{partitions[0]} … {partitions[-1]}" if len(partitions) > 1 else "".join(partitions)
     parts = [
         "<h2>Data validation</h2>",
-        f"<p>Overall: {_status(validation.get('passed'))} &nbsp; rows: "
-        f"{_fmt(validation.get('rows'))} &nbsp; partitions: {len(partitions)} "
+        f"<p>Overall: {_status(validation.passed)} &nbsp; rows: "
+        f"{_fmt(validation.rows)} &nbsp; partitions: {len(partitions)} "
         f"({_esc(span or '–')})</p>",
     ]
-    suites = validation.get("suites") or {}
+    suites = validation.suites
     rows = [
-        [
-            name,
-            _status(s.get("success")),
-            s.get("evaluated"),
-            s.get("successful"),
-            len(s.get("failed_expectations") or []),
-        ]
+        [name, _status(s.success), s.evaluated, s.successful, len(s.failed_expectations)]
         for name, s in suites.items()
     ]
     if rows:
         parts.append(_table(["suite", "result", "evaluated", "successful", "failed"], rows))
-    failed = [(name, f) for name, s in suites.items() for f in (s.get("failed_expectations") or [])]
+    failed = [(name, f) for name, s in suites.items() for f in s.failed_expectations]
     if failed:
         frows = [
             [
@@ -566,14 +585,14 @@ def _validation_section(inputs: Inputs) -> str | None:
             "error",
         ]
         parts.append("<h3>Failed expectations</h3>" + _table(header, frows))
-    if validation.get("data_docs"):
-        parts.append(f"<p>Data Docs: {_docs_link(validation['data_docs'], inputs['run_dir'])}</p>")
+    if validation.data_docs:
+        parts.append(f"<p>Data Docs: {_docs_link(validation.data_docs, inputs['folder'])}</p>")
     return "\n".join(parts)
 
 
 def _timings_section(inputs: Inputs) -> str | None:
     """Wall time of each task, in DAG order as recorded."""
-    timings = inputs["timings"]
+    timings = inputs["timings"].root if inputs["timings"] is not None else {}
     if not timings:
         return None
     total = sum(float(v) for v in timings.values()) or 1.0
@@ -596,18 +615,20 @@ SECTIONS: list[tuple[str, Callable[[Inputs], str | None]]] = [
 ]
 
 
-def render_report(run_dir: Path) -> str:
-    """The report's HTML. A section whose inputs are missing is listed as skipped; one that
-    fails shows its error instead of failing the whole report."""
-    run_dir = Path(run_dir)
-    inputs = _load(run_dir)
+def render_report(base: Settings | Path, logical_date: date | str | None = None) -> str:
+    """The report's HTML for the run of ``logical_date`` under ``base`` (the settings or the
+    data directory); without a date, ``base`` is the run directory. A section whose inputs
+    are missing is listed as skipped; one that fails shows its error instead of failing the
+    whole report. An artifact that does not match its catalog model fails the report."""
+    base, day = _run(base, logical_date)
+    inputs = _load(base, day)
     body = [_header(inputs)]
     skipped = []
     for title, build in SECTIONS:
         try:
             section = build(inputs)
         except Exception as exc:  # a broken input must not hide the rest of the report
-            log.exception("report section %r failed for %s", title, run_dir)
+            log.exception("report section %r failed for %s", title, inputs["folder"])
             section = (
                 f'<h2>{_esc(title)}</h2><p class="fail">Could not render: {_esc(repr(exc))}</p>'
             )
@@ -620,7 +641,7 @@ def render_report(run_dir: Path) -> str:
             f'<p class="muted">Not available for this run (inputs missing): '
             f"{_esc(', '.join(skipped))}.</p>"
         )
-    title = f"Run report {run_dir.name}"
+    title = f"Run report {day.isoformat()}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
@@ -629,16 +650,14 @@ def render_report(run_dir: Path) -> str:
     )
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path."""
-    run_dir = Path(run_dir)
-    path = run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_report(run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
+def write_report(base: Settings | Path, logical_date: date | str | None = None) -> Path:
+    """Write the run's ``catalog.REPORT`` (atomically) and return its path. ``base`` is the
+    settings or the data directory and ``logical_date`` the run's; without a date, ``base``
+    is the run directory (``<data dir>/runs/<date>``)."""
+    base, day = _run(base, logical_date)
+    return catalog.atomic_write(catalog.REPORT.path(base, date=day), render_report(base, day))
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:] or ["."]:
-        print(write_report(Path(arg)))
+    for arg in sys.argv[1:] or ["."]:  # run directories
+        print(write_report(Path(arg).resolve()))

@@ -3,15 +3,15 @@
 It writes the generic data-set format (see :mod:`pipelines.data`), so ``make run DATASET=DIR``
 runs on it:
 
-- ``interactions.parquet``: one row per impression (an item shown to a user), mostly shown and
-  skipped. ``user_id``, ``item_id`` (str), ``rating`` (float: :func:`engagement_label`),
-  ``timestamp`` (int64 unix s), plus ``watch_fraction`` (float32), ``completed``, ``liked``,
-  ``shared``, ``skipped`` (bool) and ``p_engage`` (float32: the planted engagement probability,
-  so evaluation can rank by the truth and report an oracle NDCG);
-- ``items.parquet``: ``item_id``, ``title``, ``genres`` (``|``-separated topics), ``year`` (of the
-  upload), ``creator_id``, ``duration_s``, ``upload_ts``;
-- ``users.parquet``: ``user_id``, ``signup_ts``, ``region``;
-- ``synth.json``: the configuration and the counts.
+- interactions (``catalog.INTERACTIONS``): one row per impression (an item shown to a user),
+  mostly shown and skipped. ``user_id``, ``item_id`` (str), ``rating`` (float:
+  :func:`engagement_label`), ``timestamp`` (int64 unix s), plus ``watch_fraction`` (float32),
+  ``completed``, ``liked``, ``shared``, ``skipped`` (bool) and ``p_engage`` (float32: the planted
+  engagement probability, so evaluation can rank by the truth and report an oracle NDCG);
+- items (``catalog.ITEMS``): ``item_id``, ``title``, ``genres`` (``|``-separated topics),
+  ``year`` (of the upload), ``creator_id``, ``duration_s``, ``upload_ts``;
+- users (``catalog.USERS``): ``user_id``, ``signup_ts``, ``region``;
+- ``catalog.SYNTH_FACTS``: the configuration and the counts.
 
 The planted model. Users have a topic mix (Dirichlet) and a taste vector near it; items have
 1-3 topics (the first usually their creator's) and a taste vector near their topics and their
@@ -42,9 +42,7 @@ sorted by timestamp through the whole file.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -53,6 +51,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipelines import catalog
 
 DAY = 86_400
 END_DATE = date(2026, 6, 30)
@@ -502,33 +502,22 @@ def users_table(world: World, user_ids: pa.Array) -> pa.Table:
     )
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path``, renamed onto it only if the block finishes."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None) -> dict:
-    """Write the feed into ``out`` (atomically, file by file) and return its counts.
+def generate(
+    cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None = None
+) -> catalog.SynthFacts:
+    """Write the feed into ``out`` (atomically, file by file) and return its facts.
 
     ``progress`` is called with the number of events written, after each chunk.
     """
-    from pipelines.runs import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     world = build_world(cfg)
     user_ids = _id_strings("u", cfg.n_users)
     item_ids = _id_strings("v", cfg.n_items)
-    for name, table in (
-        ("users", users_table(world, user_ids)),
-        ("items", items_table(world, item_ids)),
+    for entry, table in (
+        (catalog.USERS, users_table(world, user_ids)),
+        (catalog.ITEMS, items_table(world, item_ids)),
     ):
-        with _atomic(out / f"{name}.parquet") as tmp:
+        with catalog.atomic_path(entry.path(out)) as tmp:
             pq.write_table(table, tmp)
 
     written, positives = 0, 0
@@ -551,7 +540,7 @@ def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None
             progress(written)
 
     with (
-        _atomic(out / "interactions.parquet") as tmp,
+        catalog.atomic_path(catalog.INTERACTIONS.path(out)) as tmp,
         pq.ParquetWriter(tmp, INTERACTIONS_SCHEMA) as writer,
     ):
         for day, events in enumerate(daily_events(cfg, world)):
@@ -562,15 +551,15 @@ def generate(cfg: SynthConfig, out: Path, progress: Callable[[int], None] | None
                     flush(writer)
         flush(writer)
 
-    facts = {
-        "config": {**asdict(cfg), "end": cfg.end.isoformat()},
-        "events": written,
-        "positive_share": round(positives / max(written, 1), 4),
-        "users": cfg.n_users,
-        "items": cfg.n_items,
-        "creators": cfg.n_creators,
-        "first_date": datetime.fromtimestamp(cfg.start_ts, UTC).date().isoformat(),
-        "last_date": cfg.end.isoformat(),
-    }
-    write_json(out / "synth.json", facts)
+    facts = catalog.SynthFacts(
+        config={**asdict(cfg), "end": cfg.end.isoformat()},
+        events=written,
+        positive_share=round(positives / max(written, 1), 4),
+        users=cfg.n_users,
+        items=cfg.n_items,
+        creators=cfg.n_creators,
+        first_date=datetime.fromtimestamp(cfg.start_ts, UTC).date(),
+        last_date=cfg.end,
+    )
+    catalog.SYNTH_FACTS.save(out, facts)
     return facts

@@ -1,8 +1,8 @@
 """The DAG's tasks: one function per Airflow task, each a thin I/O shell around a stage module.
 
 Every function takes the run's logical date, reads its inputs from storage,
-writes its outputs under ``runs/<logical date>/`` (so a re-run overwrites) and
-returns a small JSON-able dict for the logs.
+writes its outputs to the :mod:`pipelines.catalog` entries keyed by that date (so a
+re-run overwrites) and returns a small JSON-able dict for the logs.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import PROJECT_ROOT, get_settings
-from pipelines.runs import read_json, stage, write_json
+from pipelines.runs import stage
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def ingest(logical_date: date, backfill_from: str | None = None) -> dict:
     start = date.fromisoformat(backfill_from) if backfill_from else None
     days = copy_partitions(logical_date, settings, backfill_from=start)
     if not days:
-        raise FileNotFoundError(f"no landed partition for {logical_date} in {settings.landing_dir}")
-    out = {"partitions": [d.isoformat() for d in days]}
-    write_json(settings.run_dir(logical_date) / "ingest.json", out)
+        landing = catalog.LANDING.prefix(settings)
+        raise FileNotFoundError(f"no landed partition for {logical_date} in {landing}")
+    catalog.INGEST.save(settings, catalog.Ingest(partitions=days), date=logical_date)
     return {"partitions": len(days), "first": days[0].isoformat(), "last": days[-1].isoformat()}
 
 
@@ -50,7 +50,7 @@ def validate(logical_date: date) -> dict:
     import pyarrow.parquet as pq
 
     from pipelines import ids
-    from pipelines.data import partition_path, with_dataset_rating_range
+    from pipelines.data import with_dataset_rating_range
     from pipelines.ingest import day_batches, lake_days, read_partitions
     from pipelines.validation import (
         combine_results,
@@ -60,13 +60,12 @@ def validate(logical_date: date) -> dict:
     )
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    days = [date.fromisoformat(d) for d in read_json(run_dir / "ingest.json")["partitions"]]
+    days = catalog.INGEST.load(settings, date=logical_date).partitions
     # Volume is judged against the partitions just before this run's; item ids against
     # the catalogue built from everything validated so far (none on bootstrap).
     earlier = [d for d in lake_days(settings) if d < min(days)][-7:]
-    trailing = [pq.read_metadata(partition_path(settings.raw_dir, d)).num_rows for d in earlier]
-    known = set(ids.read_mapping(settings.ids_dir / "items.parquet")["external_id"].astype(str))
+    trailing = [pq.read_metadata(catalog.LAKE.path(settings, date=d)).num_rows for d in earlier]
+    known = set(ids.read_mapping(catalog.ITEM_IDS.path(settings))["external_id"].astype(str))
     # The rating range widens to what bootstrap saw (synth labels are 0..3), never narrows
     # (ML-1M keeps 0.5..5): see ``with_dataset_rating_range``.
     checked = with_dataset_rating_range(settings)
@@ -89,44 +88,87 @@ def validate(logical_date: date) -> dict:
         # by the 13th batch of 1M rows (one batch needs ~1 GB).
         gc.collect()
     result = combine_results(results)
-    write_json(run_dir / "validation.json", result)
+    catalog.VALIDATION.save(settings, result, date=logical_date)
     if not result["passed"]:
         # The run's partitions go together, so a re-run ingests them all again.
         for day in days:
-            quarantine_partition(partition_path(settings.raw_dir, day), day, result, settings)
+            quarantine_partition(catalog.LAKE.path(settings, date=day), day, result, settings)
         raise ValidationFailed(failure_message(result))
     return {"passed": True, "rows": result["rows"], "data_docs": result["data_docs"]}
 
 
 @stage("features")
 def build_features(logical_date: date) -> dict:
+    """Bring both feature tables up to the lake's last day, then check what was written.
+
+    The tables hold every snapshot the lake supports, through the day after its last
+    partition, whatever the run's date: each row only summarises events before its
+    own timestamp, and point-in-time joins never read past an entity row's time. So
+    a backfill of an earlier date, run after later ones, drops none of the snapshots
+    that the later runs and the online store rely on. From the newest state before the
+    run's date (``features.previous_state``), only the later snapshots are computed, from
+    the lake days their windows cover; a re-run of a date recomputes its own day.
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines.data import with_dataset_rating_range
-    from pipelines.features import SNAPSHOT_PARTITION
-    from pipelines.features import build_features as compute
+    from pipelines import features, ids
+    from pipelines.data import dataset_facts, with_dataset_rating_range
+    from pipelines.ingest import lake_days, lake_frame
     from pipelines.spark import get_spark, sample_rows
     from pipelines.validation import failure_message, validate_features
 
     settings = get_settings()
-    out = compute(logical_date, settings)
     spark = get_spark(settings)
+    through = max([logical_date, *lake_days(settings)])
+    previous = features.previous_state(spark, settings, logical_date)
+    since = features.first_snapshot_day(previous)
+    # Read once: the id maps and both tables read it again, and on a lake of a thousand
+    # daily files opening them cost more than the work (5-10 s per read on 2 cores).
+    lake = lake_frame(spark, settings, until=through, since=features.events_since(previous))
+    lake = lake.persist(StorageLevel.MEMORY_AND_DISK)
+    users = ids.update_mapping(catalog.USER_IDS.path(settings), ids.distinct_ids(lake, "user_id"))
+    items = ids.update_mapping(catalog.ITEM_IDS.path(settings), ids.distinct_ids(lake, "item_id"))
+    events = ids.internal_events(spark, lake, users, items)
+    meta_path = catalog.ITEMS.path(catalog.dataset_dir(settings))
+    meta = pd.read_parquet(meta_path).astype({"item_id": "string"}) if meta_path.exists() else None
+    attrs = features.item_attributes(meta, items, dataset_facts(settings).genres)
+
+    computed = features.compute_features(spark, events, attrs, through, previous)
+    tables = {k: catalog.FEATURE_TABLE.path(settings, kind=k) for k in ("user", "item")}
+    tables["user"].parent.mkdir(parents=True, exist_ok=True)
+    rows = {
+        kind: features.write_offline(frame, str(tables[kind]), since)
+        for kind, frame in (("user", computed.users), ("item", computed.items))
+    }
+    after = previous.through if previous else None
+    features.write_state(computed.user_state, settings, "user", through, after)
+    features.write_state(computed.item_state, settings, "item", through, after)
+    out = {
+        "user_rows": rows["user"],
+        "item_rows": rows["item"],
+        "events_read": lake.count(),
+        "through": through.isoformat(),
+        "since": since.isoformat() if since else None,
+    }
+    lake.unpersist()
+
     results = {}
     for kind in ("user", "item"):
-        table = spark.read.parquet(str(settings.offline_dir / f"{kind}_features"))
-        if out["since"]:  # what this run wrote
-            since = F.lit(out["since"]).cast("timestamp")
-            table = table.where(F.col("event_timestamp") >= since)
-        table = table.drop(SNAPSHOT_PARTITION)
-        rows = out[f"{kind}_rows"]
+        table = spark.read.parquet(str(tables[kind]))
+        if since:  # what this run wrote
+            table = table.where(F.col("event_timestamp") >= F.lit(since).cast("timestamp"))
+        table = table.drop(features.SNAPSHOT_PARTITION)
         results[kind] = validate_features(
-            sample_rows(table, settings.validation_sample_rows, settings.seed, rows).toPandas(),
+            sample_rows(
+                table, settings.validation_sample_rows, settings.seed, rows[kind]
+            ).toPandas(),
             kind=kind,
             settings=with_dataset_rating_range(settings),
             run_name=f"{kind}-features-{logical_date}",
         )
-    write_json(settings.run_dir(logical_date) / "features_validation.json", results)
-    write_json(settings.run_dir(logical_date) / "features.json", out)
+    catalog.FEATURES_VALIDATION.save(settings, results, date=logical_date)
+    catalog.FEATURES.save(settings, out, date=logical_date)
     failed = [r for r in results.values() if not r["passed"]]
     if failed:  # nothing is materialized from a table that broke its contract
         raise ValidationFailed(" ".join(failure_message(r) for r in failed))
@@ -142,12 +184,12 @@ def materialize(logical_date: date) -> dict:
 
     settings = get_settings()
     applied = feature_store.apply(settings)
-    first = date.fromisoformat(dataset_facts(settings)["first_date"])
+    first = dataset_facts(settings).first_date
     # Snapshots for day D+1 (built from events up to D) are what serving needs.
     end = utc_midnight(logical_date + timedelta(days=1)) + timedelta(seconds=1)
     window = feature_store.materialize(settings, utc_midnight(first), end)
     out = {"applied": applied, "window": window}
-    write_json(settings.run_dir(logical_date) / "materialize.json", out)
+    catalog.MATERIALIZE.save(settings, out, date=logical_date)
     return out
 
 
@@ -165,7 +207,6 @@ def build_training_set(logical_date: date) -> dict:
 
     settings = get_settings()
     spark = get_spark(settings)
-    run_dir = settings.run_dir(logical_date)
     events = lake_events(spark, settings, logical_date).persist(StorageLevel.MEMORY_AND_DISK)
     queries = ts.queries_for(spark, events, logical_date, settings)
     train, holdout = queries["train"], queries["holdout"]
@@ -179,7 +220,10 @@ def build_training_set(logical_date: date) -> dict:
     entities.count()
     joined = feature_store.historical_features(spark, settings, entities)
     kept, dropped = ts.pairable_queries(joined.persist(StorageLevel.MEMORY_AND_DISK))
-    paths = {"train": run_dir / "training_set.parquet", "holdout": run_dir / "holdout.parquet"}
+    paths = {
+        "train": catalog.TRAINING_SET.path(settings, date=logical_date),
+        "holdout": catalog.HOLDOUT.path(settings, date=logical_date),
+    }
     for split, path in paths.items():
         rows = kept.where(F.col("split") == split).drop("split")
         rows.orderBy("query_id", "item_id").write.mode("overwrite").parquet(str(path))
@@ -190,7 +234,7 @@ def build_training_set(logical_date: date) -> dict:
     checked = validate_training_set(
         sample.toPandas(), settings=settings, run_name=f"training-{logical_date}"
     )
-    write_json(run_dir / "training_set_validation.json", checked)
+    catalog.TRAINING_SET_VALIDATION.save(settings, checked, date=logical_date)
     if not checked["passed"]:
         raise ValidationFailed(failure_message(checked))
     counts = {
@@ -209,7 +253,7 @@ def build_training_set(logical_date: date) -> dict:
         ),
         "bounds": queries["bounds"],
     }
-    write_json(run_dir / "training_set.json", out)
+    catalog.TRAINING_SET_FACTS.save(settings, out, date=logical_date)
     return out
 
 
@@ -221,31 +265,29 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
 
     settings = get_settings()
     spark = get_spark(settings)
-    run_dir = settings.run_dir(logical_date)
-    train_set = spark.read.parquet(str(run_dir / "training_set.parquet"))
+    train_set = spark.read.parquet(str(catalog.TRAINING_SET.path(settings, date=logical_date)))
     if shuffle_labels:
         train_set = training.shuffle_labels(train_set, settings.seed)
     params = training.ranker_params(settings)
     booster = training.train_ranker(train_set, params, settings.train_partitions)
-    partial = run_dir / "candidate.partial.ubj"  # a kill mid-write leaves no half model
-    booster.save_model(partial)
-    partial.replace(run_dir / "candidate.ubj")
+    candidate = catalog.CANDIDATE.path(settings, date=logical_date)
+    catalog.atomic_write(candidate, bytes(booster.save_raw(raw_format="ubj")))
     out = {
         "params": params,
         "partitions": settings.train_partitions,
         "shuffled_labels": shuffle_labels,
         "trees": booster.num_boosted_rounds(),
     }
-    write_json(run_dir / "training.json", out)
+    catalog.TRAINING.save(settings, out, date=logical_date)
     return out
 
 
-def _load_candidate(run_dir):
-    """The booster ``train`` left in the run directory."""
+def _load_candidate(settings, logical_date: date):
+    """The booster ``train`` left for the run of ``logical_date``."""
     import xgboost
 
     booster = xgboost.Booster()
-    booster.load_model(run_dir / "candidate.ubj")
+    booster.load_model(catalog.CANDIDATE.path(settings, date=logical_date))
     return booster
 
 
@@ -255,12 +297,12 @@ def evaluate(logical_date: date) -> dict:
     and the oracle (the planted truth) when the data set has one."""
 
     from pipelines import evaluation, ids, registry, scoring
-    from pipelines.data import dataset_facts, load_truth
+    from pipelines.data import dataset_facts, holdout_truth
+    from pipelines.spark import get_spark
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    holdout = pd.read_parquet(run_dir / "holdout.parquet")
-    candidate = _load_candidate(run_dir)
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=logical_date))
+    candidate = _load_candidate(settings, logical_date)
     matrix = scoring.to_matrix(holdout)
     scores = {"model": scoring.score(candidate, matrix)}
     scores |= evaluation.baseline_scores(holdout, settings.seed)
@@ -268,10 +310,10 @@ def evaluate(logical_date: date) -> dict:
     if production is not None:
         scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
     del matrix
-    users = ids.read_mapping(settings.ids_dir / "users.parquet")
-    items = ids.read_mapping(settings.ids_dir / "items.parquet")
+    users = ids.read_mapping(catalog.USER_IDS.path(settings))
+    items = ids.read_mapping(catalog.ITEM_IDS.path(settings))
     keys = evaluation.external_keys(holdout, users, items)
-    truth = load_truth(settings, int(keys["day"].min()), int(keys["day"].max()), keys)
+    truth = holdout_truth(get_spark(settings), settings, keys)
     if truth is not None:
         scores["oracle"] = evaluation.oracle_scores(holdout, truth, users, items)
     metrics: dict[str, dict | None] = {"production": None}
@@ -281,14 +323,15 @@ def evaluate(logical_date: date) -> dict:
         pq = evaluation.per_query_metrics(labels.assign(score=values), "score", settings.seed)
         metrics[name] = evaluation.summarise(pq)
         per_query[name] = pq.set_index("query_id")["ndcg@10"]
-    genres = dataset_facts(settings).get("genres", [])[: settings.slice_top_genres]
+    genres = dataset_facts(settings).genres[: settings.slice_top_genres]
     slices = evaluation.query_slices(
         holdout, settings.slice_cold_max, settings.slice_heavy_min, genres
     )
     frame = pd.DataFrame(per_query).join(slices)
-    frame.reset_index().to_parquet(run_dir / "per_query_ndcg.parquet", index=False)
+    with catalog.atomic_path(catalog.PER_QUERY.path(settings, date=logical_date)) as tmp:
+        frame.reset_index().to_parquet(tmp, index=False)
     out = {"metrics": metrics, "production_tag": production, "slices": list(slices.columns)}
-    write_json(run_dir / "evaluation.json", out)
+    catalog.EVALUATION.save(settings, out, date=logical_date)
     return out
 
 
@@ -300,7 +343,6 @@ def monitor(logical_date: date) -> dict:
     from pipelines.monitoring import MONITORED_FEATURES, drift_report, read_served, skew_report
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
     served = read_served(settings.serving_log_dir, settings.skew_rows)
     skew = None
     if len(served):
@@ -310,8 +352,8 @@ def monitor(logical_date: date) -> dict:
         offline = feature_store.historical_features_pandas(settings, entities)
         skew = skew_report(served, offline, MONITORED_FEATURES)
     columns = [*MONITORED_FEATURES, "day", "user_id", "item_id"]
-    train = pd.read_parquet(run_dir / "training_set.parquet", columns=columns)
-    holdout = pd.read_parquet(run_dir / "holdout.parquet", columns=columns)
+    train = pd.read_parquet(catalog.TRAINING_SET.path(settings, date=logical_date), columns=columns)
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=logical_date), columns=columns)
     latest = holdout[holdout["day"] > holdout["day"].max() - settings.drift_days]
     # One row per user (their latest) and per item-day: a query repeats its user's row
     # for every candidate, and a few very active users would otherwise be the sample.
@@ -333,7 +375,7 @@ def monitor(logical_date: date) -> dict:
             "latest_users": int(latest["user_id"].nunique()),
         },
     }
-    write_json(run_dir / "monitoring.json", out)
+    catalog.MONITORING.save(settings, out, date=logical_date)
     return {
         "served_rows": skew["rows"] if skew else 0,
         "max_mismatch": max(skew["mismatch_rate"].values()) if skew else None,
@@ -350,11 +392,11 @@ def gate(logical_date: date) -> dict:
     from pipelines.promotion import gate as decide
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    evaluation = read_json(run_dir / "evaluation.json")
-    metrics = evaluation["metrics"]
-    per_query = pd.read_parquet(run_dir / "per_query_ndcg.parquet").set_index("query_id")
-    slices = per_query[evaluation.get("slices", [])].astype(bool)
+    evaluation = catalog.EVALUATION.load(settings, date=logical_date)
+    metrics = evaluation.metrics
+    per_query = pd.read_parquet(catalog.PER_QUERY.path(settings, date=logical_date))
+    per_query = per_query.set_index("query_id")
+    slices = per_query[evaluation.slices].astype(bool)
     significance = None
     if metrics.get("production") is not None:
         significance = paired_bootstrap(
@@ -368,13 +410,13 @@ def gate(logical_date: date) -> dict:
         )
     else:  # no champion yet: slices are reported against popularity, not gated
         report = slice_report(per_query, slices, "popularity", float("inf"), 1)
-    production = evaluation.get("production_tag")
+    production = evaluation.production_tag
     production_date = (
         registry.model_info(production, settings)["metadata"].get("logical_date")
         if production
         else None
     )
-    monitoring = read_json(run_dir / "monitoring.json", {})
+    monitoring = catalog.MONITORING.load_or_none(settings, date=logical_date)
     decision = decide(
         metrics,
         settings.production_tolerance,
@@ -382,16 +424,16 @@ def gate(logical_date: date) -> dict:
         slices=report,
         extra_checks=freshness_check(logical_date.isoformat(), production_date)
         + monitoring_checks(
-            monitoring.get("skew"),
-            monitoring.get("drift_psi"),
+            monitoring.skew if monitoring else None,
+            monitoring.drift_psi if monitoring else None,
             settings.skew_max_mismatch,
             settings.drift_max_psi,
-            monitoring.get("drift_rows", {}).get("latest_users"),
+            monitoring.drift_rows.get("latest_users") if monitoring else None,
             settings.drift_min_users,
         ),
     )
     decision |= {"significance": significance, "slices": report}
-    write_json(run_dir / "gate.json", decision)
+    catalog.GATE.save(settings, decision, date=logical_date)
     return decision
 
 
@@ -415,24 +457,27 @@ def register(logical_date: date) -> dict:
     from pipelines import registry
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    booster = _load_candidate(run_dir)
-    validation = read_json(run_dir / "validation.json", {})
-    training_set = read_json(run_dir / "training_set.json", {})
+    booster = _load_candidate(settings, logical_date)
+    ingested = catalog.INGEST.load_or_none(settings, date=logical_date)
+    validation = catalog.VALIDATION.load_or_none(settings, date=logical_date)
+    training_set = catalog.TRAINING_SET_FACTS.load_or_none(settings, date=logical_date)
+    training = catalog.TRAINING.load_or_none(settings, date=logical_date)
+    evaluation = catalog.EVALUATION.load_or_none(settings, date=logical_date)
+    decision = catalog.GATE.load_or_none(settings, date=logical_date)
     metadata = {
         "logical_date": logical_date.isoformat(),
-        "partitions": read_json(run_dir / "ingest.json", {}).get("partitions", []),
+        "partitions": [d.isoformat() for d in ingested.partitions] if ingested else [],
         "validation": {
-            "passed": validation.get("passed"),
-            "suites": {k: v.get("success") for k, v in validation.get("suites", {}).items()},
+            "passed": validation.passed if validation else None,
+            "suites": {k: v.success for k, v in validation.suites.items()} if validation else {},
         },
         "feature_service": contracts.FEATURE_SERVICE,
-        "training_set_hash": training_set.get("training_set_hash"),
-        "training_rows": training_set.get("train_rows"),
+        "training_set_hash": training_set.training_set_hash if training_set else None,
+        "training_rows": training_set.train_rows if training_set else None,
         "git_sha": _git_sha(),
-        "params": read_json(run_dir / "training.json", {}).get("params", {}),
-        "metrics": read_json(run_dir / "evaluation.json", {}).get("metrics", {}),
-        "gate": read_json(run_dir / "gate.json", {}),
+        "params": training.params if training else {},
+        "metrics": evaluation.metrics if evaluation else {},
+        "gate": decision.model_dump(mode="json") if decision else {},
     }
     tag = registry.save_model(
         booster,
@@ -441,7 +486,7 @@ def register(logical_date: date) -> dict:
         settings=settings,
     )
     out = {"model_tag": tag}
-    write_json(run_dir / "register.json", out)
+    catalog.REGISTRATION.save(settings, out, date=logical_date)
     return out
 
 
@@ -450,8 +495,8 @@ def sample_requests(holdout: pd.DataFrame, n: int, seed: int) -> list[dict]:
     from pipelines import ids
 
     settings = get_settings()
-    users = ids.read_mapping(settings.ids_dir / "users.parquet")
-    items = ids.read_mapping(settings.ids_dir / "items.parquet")
+    users = ids.read_mapping(catalog.USER_IDS.path(settings))
+    items = ids.read_mapping(catalog.ITEM_IDS.path(settings))
     user_ext = dict(zip(users["internal_id"], users["external_id"].astype(str), strict=True))
     item_ext = dict(zip(items["internal_id"], items["external_id"].astype(str), strict=True))
     rng = np.random.default_rng(seed)
@@ -475,16 +520,15 @@ def infra_validate(logical_date: date) -> dict:
     from pipelines.infra_validation import infra_validate as check
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    decision = read_json(run_dir / "gate.json")
-    if not decision["passed"] or not settings.infra_validate:
-        reason = "gate failed" if not decision["passed"] else "disabled by configuration"
+    decision = catalog.GATE.load(settings, date=logical_date)
+    if not decision.passed or not settings.infra_validate:
+        reason = "gate failed" if not decision.passed else "disabled by configuration"
         out = {"passed": None, "skipped": True, "reason": reason}
     else:
-        tag = read_json(run_dir / "register.json")["model_tag"]
-        holdout = pd.read_parquet(run_dir / "holdout.parquet")
+        tag = catalog.REGISTRATION.load(settings, date=logical_date).model_tag
+        holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=logical_date))
         out = check(tag, settings, sample_requests(holdout, 5, settings.seed))
-    write_json(run_dir / "infra_validation.json", out)
+    catalog.INFRA_VALIDATION.save(settings, out, date=logical_date)
     return out
 
 
@@ -494,68 +538,70 @@ def promote(logical_date: date) -> dict:
     from pipelines import registry
 
     settings = get_settings()
-    run_dir = settings.run_dir(logical_date)
-    decision = read_json(run_dir / "gate.json")
-    infra = read_json(run_dir / "infra_validation.json", {})
-    tag = read_json(run_dir / "register.json")["model_tag"]
-    if not decision["passed"]:
-        out = {"promoted": False, "reason": f"gate: {decision['reason']}"}
-    elif infra.get("passed") is False:
-        out = {"promoted": False, "reason": f"infra-validation: {infra.get('reason')}"}
+    decision = catalog.GATE.load(settings, date=logical_date)
+    infra = catalog.INFRA_VALIDATION.load_or_none(settings, date=logical_date)
+    tag = catalog.REGISTRATION.load(settings, date=logical_date).model_tag
+    if not decision.passed:
+        out = {"promoted": False, "reason": f"gate: {decision.reason}"}
+    elif infra is not None and infra.passed is False:
+        out = {"promoted": False, "reason": f"infra-validation: {infra.reason}"}
     else:
-        registry.promote(tag, settings, reason=decision["reason"])
-        out = {"promoted": True, "reason": decision["reason"]}
+        registry.promote(tag, settings, reason=decision.reason)
+        out = {"promoted": True, "reason": decision.reason}
     out |= {"model_tag": tag, "production_tag": registry.production_tag(settings)}
-    write_json(run_dir / "promotion.json", out)
+    catalog.PROMOTION.save(settings, out, date=logical_date)
     return out
 
 
 def summarize(logical_date: date | str, run_id: str) -> str:
-    """Write ``summary.json`` for the run from what each task left behind; returns its path."""
+    """Write the run's ``catalog.SUMMARY`` from what each task left behind, and its report;
+    returns the summary's path."""
     from pipelines.data import dataset_facts
-    from pipelines.runs import as_date
 
     settings = get_settings()
-    day = as_date(logical_date)
-    run_dir = settings.run_dir(day)
+    day = catalog.as_date(logical_date)
     facts = dataset_facts(settings)
-    validation = read_json(run_dir / "validation.json", {})
-    suites = dict(validation.get("suites", {}))
-    for extra in ("features_validation.json", "training_set_validation.json"):
-        found = read_json(run_dir / extra, {})
-        for result in found.values() if extra.startswith("features") else [found]:
-            suites |= result.get("suites", {}) if result else {}
-    evaluation = read_json(run_dir / "evaluation.json", {})
-    gate_result = read_json(run_dir / "gate.json", {})
-    promotion = read_json(run_dir / "promotion.json", {})
-    summary = {
-        "run_id": run_id,
-        "logical_date": day.isoformat(),
-        "dataset": {k: facts[k] for k in ("name", "rows", "users", "items")},
-        "validation": {
-            "passed": validation.get("passed") and all(v.get("success") for v in suites.values()),
-            "suites": suites,
-            "data_docs": validation.get("data_docs"),
-        },
-        "metrics": evaluation.get("metrics"),
-        "gate": {
-            "passed": gate_result.get("passed"),
-            "reason": gate_result.get("reason"),
-            "significance": gate_result.get("significance"),
-            "slices": gate_result.get("slices"),
-        },
-        "model_tag": read_json(run_dir / "register.json", {}).get("model_tag"),
-        "promoted": bool(promotion.get("promoted", False)),
-        "promotion_reason": promotion.get("reason"),
-        "infra_validation": read_json(run_dir / "infra_validation.json"),
-        "training_set": read_json(run_dir / "training_set.json"),
-        "monitoring": read_json(run_dir / "monitoring.json"),
-        "timings_s": read_json(run_dir / "timings.json", {}),
-        "resources": read_json(run_dir / "resources.json", {}),
-        "report": str(run_dir / "report.html"),
-    }
-    path = write_json(run_dir / "summary.json", summary)
+    validation = catalog.VALIDATION.load_or_none(settings, date=day)
+    features = catalog.FEATURES_VALIDATION.load_or_none(settings, date=day)
+    training_set = catalog.TRAINING_SET_VALIDATION.load_or_none(settings, date=day)
+    suites = dict(validation.suites) if validation else {}
+    for result in [*(features.root.values() if features else []), training_set]:
+        suites |= result.suites if result else {}
+    passed = validation.passed and all(s.success for s in suites.values()) if validation else None
+    evaluation = catalog.EVALUATION.load_or_none(settings, date=day)
+    decision = catalog.GATE.load_or_none(settings, date=day)
+    registration = catalog.REGISTRATION.load_or_none(settings, date=day)
+    promotion = catalog.PROMOTION.load_or_none(settings, date=day)
+    timings = catalog.TIMINGS.load_or_none(settings, date=day)
+    resources = catalog.RESOURCES.load_or_none(settings, date=day)
+    summary = catalog.Summary(
+        run_id=run_id,
+        logical_date=day,
+        dataset={k: getattr(facts, k) for k in ("name", "rows", "users", "items")},
+        validation=catalog.SummaryValidation(
+            passed=passed,
+            suites=suites,
+            data_docs=validation.data_docs if validation else None,
+        ),
+        metrics=evaluation.metrics if evaluation else None,
+        gate=catalog.SummaryGate(
+            passed=decision.passed if decision else None,
+            reason=decision.reason if decision else None,
+            significance=decision.significance if decision else None,
+            slices=decision.slices if decision else None,
+        ),
+        model_tag=registration.model_tag if registration else None,
+        promoted=promotion.promoted if promotion else False,
+        promotion_reason=promotion.reason if promotion else None,
+        infra_validation=catalog.INFRA_VALIDATION.load_or_none(settings, date=day),
+        training_set=catalog.TRAINING_SET_FACTS.load_or_none(settings, date=day),
+        monitoring=catalog.MONITORING.load_or_none(settings, date=day),
+        timings_s=timings.root if timings else {},
+        resources=resources.root if resources else {},
+        report=str(catalog.REPORT.path(settings, date=day)),
+    )
+    path = catalog.SUMMARY.save(settings, summary, date=day)
     from pipelines.report import write_report
 
-    write_report(run_dir)
+    write_report(catalog.run_dir(settings, day))
     return str(path)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from pipelines import catalog
 from pipelines.config import Settings
 from pipelines.contracts import (
     INTERACTION_COLUMNS,
@@ -38,7 +39,6 @@ from pipelines.contracts import (
     USER_AFFINITY,
     USER_FEATURES,
 )
-from pipelines.runs import write_json
 
 SUITE_NAME = "raw_interactions"
 DATASOURCE_NAME = "interactions"
@@ -731,13 +731,15 @@ def _to_json(value: Any) -> Any:
 def quarantine_partition(
     partition_file: Path, logical_date: date, result: dict, settings: Settings
 ) -> Path:
-    """Move a failed partition out of the lake, with its validation result beside it.
+    """Move a failed partition out of the lake to ``catalog.QUARANTINE``, with its validation
+    result beside it (``catalog.QUARANTINE_VALIDATION``); returns the date's folder.
 
     The file is moved, never deleted, so it can be inspected and replayed. The latest
     quarantine of a date is at the top of its folder; an earlier one of the same date
     (a second bad delivery) is kept in ``earlier-<n>/`` beside it, never overwritten.
     """
-    folder = settings.quarantine_dir / f"date={logical_date.isoformat()}"
+    target = catalog.QUARANTINE.path(settings, date=logical_date)
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     previous = [p for p in folder.iterdir() if p.is_file()]
     if previous:
@@ -745,8 +747,8 @@ def quarantine_partition(
         kept.mkdir()
         for path in previous:
             path.replace(kept / path.name)
-    shutil.move(str(partition_file), folder / partition_file.name)
-    write_json(folder / "validation.json", result)
+    shutil.move(str(partition_file), target)
+    catalog.QUARANTINE_VALIDATION.save(settings, result, date=logical_date)
     log.warning("quarantined %s to %s", partition_file, folder)
     return folder
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import Settings
 
 N_USER = len(contracts.USER_FEATURES)
@@ -66,7 +66,7 @@ class Clock:
 
     def __init__(self, settings: Settings):
         self.mode = settings.serving_clock
-        self.path = settings.feast_dir / "watermarks.json"
+        self.path = catalog.WATERMARKS.path(settings)
         self._key: tuple | None = ()
         self._now = 0.0
 
@@ -74,17 +74,11 @@ class Clock:
         if self.mode == "wall":
             return time.time()
         key = stat_key(self.path)
-        if key != self._key:
-            marks = json.loads(self.path.read_text()) if key else {}
-            ends = [_epoch(v) for v in marks.values()]
+        if key != self._key:  # the watermarks are parsed only when a materialization moved them
+            marks = catalog.Watermarks.model_validate_json(self.path.read_bytes()) if key else None
+            ends = [end.timestamp() for end in marks.root.values()] if marks else []
             self._now, self._key = (max(ends) if ends else time.time()), key
         return self._now
-
-
-def _epoch(iso: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso).timestamp()
 
 
 def view_ttls(store: Any) -> tuple[float, float]:
@@ -171,7 +165,7 @@ class FastReader:
             self.db_path = Path(store.repo_path) / self.db_path
         self.clock = Clock(settings)
         self.ttls = view_ttls(store)
-        self.version_file = settings.feast_dir / "watermarks.json"
+        self.version_file = catalog.WATERMARKS.path(settings)
         self._version: tuple | None = ()
         self._user_col = {f: i for i, f in enumerate(contracts.USER_FEATURES)}
         self._item_col = {f: i for i, f in enumerate(contracts.ITEM_FEATURES)}

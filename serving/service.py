@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import Settings, get_settings
 from serving.online import stat_key as _stat_key
 
@@ -113,6 +113,7 @@ class _Model:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.pointer = catalog.PRODUCTION.path(settings)  # stat()ed on every request
         self.pinned = os.environ.get(PINNED_TAG_ENV) or None
         self.current: LoadedModel | None = None
         self.error: str | None = None
@@ -127,7 +128,7 @@ class _Model:
                 with self._lock:
                     self._load(self.pinned)
             return self.current
-        key = _stat_key(self.settings.production_pointer)
+        key = _stat_key(self.pointer)
         if key != self._pointer_key:
             with self._lock:
                 if key != self._pointer_key:
@@ -225,8 +226,8 @@ class Ranker:
 
         self.settings = get_settings()
         self.store = open_store(self.settings)
-        self.users = _IdMap(self.settings.ids_dir / "users.parquet")
-        self.items = _IdMap(self.settings.ids_dir / "items.parquet")
+        self.users = _IdMap(catalog.USER_IDS.path(self.settings))
+        self.items = _IdMap(catalog.ITEM_IDS.path(self.settings))
         self.model = _Model(self.settings)
         self.path = self.settings.serving_path
         reader = {"fast": FastReader, "feast": SdkReader}[self.path]

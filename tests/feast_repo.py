@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines import catalog
 from pipelines.config import PROJECT_ROOT, Settings, get_settings
 
 
@@ -27,10 +28,11 @@ def feast_repo(data_dir: Path, users: pd.DataFrame, items: pd.DataFrame) -> Iter
         for mod in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
             mp.delitem(sys.modules, mod)
         settings = get_settings()
-        for name, frame in (("user_features", users), ("item_features", items)):
-            (settings.offline_dir / name).mkdir(parents=True)
+        for kind, frame in (("user", users), ("item", items)):
+            table = catalog.FEATURE_TABLE.path(settings, kind=kind)
+            table.mkdir(parents=True)
             frame.to_parquet(
-                settings.offline_dir / name / "part-0.parquet",
+                table / "part-0.parquet",
                 index=False,
                 coerce_timestamps="us",
                 allow_truncated_timestamps=True,

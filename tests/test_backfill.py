@@ -12,7 +12,6 @@ date, with nothing duplicated.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -30,6 +29,7 @@ import psutil
 import pytest
 import worlds
 
+from pipelines import catalog
 from pipelines.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -116,14 +116,11 @@ def world(tmp_path_factory) -> Iterator[World]:
     )
     settings = Settings(data_dir=data_dir, sample_users=160)
     worlds.bootstrap(env)
-    landed = sorted(
-        date.fromisoformat(p.name.removeprefix("date="))
-        for p in settings.landing_dir.glob("date=*")
-    )
+    landed = catalog.LANDING.dates(settings)
     days = consecutive_days(landed, BACKFILL_DAYS + 1)
     first_run, backfilled = days[0], days[1:]
     proc = worlds.dag_test(env, first_run)
-    assert (settings.run_dir(first_run) / "summary.json").exists(), proc.stderr[-4000:]
+    assert catalog.SUMMARY.exists(settings, date=first_run), proc.stderr[-4000:]
 
     logs = data_dir / "airflow" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -239,39 +236,38 @@ def test_the_killed_training_try_was_retried_and_recovered(world, backfill):
     )
     assert (try_number, state) == (2, "success")
     assert KILL_WHEN in _task_log(world, day, "train", 2).read_text(errors="replace")
-    training = json.loads((world.settings.run_dir(day) / "training.json").read_text())
-    assert training["trees"] == 80
+    training = catalog.TRAINING.load(world.settings, date=day)
+    assert training.trees == 80
 
 
 def test_each_day_is_keyed_by_its_date_and_nothing_is_duplicated(world, backfill):
     for day in world.days:
-        summary = json.loads((world.settings.run_dir(day) / "summary.json").read_text())
-        assert summary["logical_date"] == day.isoformat()
-        assert summary["run_id"] == _run_id(day)
-        assert json.loads((world.settings.run_dir(day) / "ingest.json").read_text()) == {
-            "partitions": [day.isoformat()]
-        }
-        raw = list((world.settings.raw_dir / f"date={day.isoformat()}").iterdir())
-        assert [p.name for p in raw] == ["part.parquet"]
+        summary = catalog.SUMMARY.load(world.settings, date=day)
+        assert summary.logical_date == day
+        assert summary.run_id == _run_id(day)
+        assert catalog.INGEST.load(world.settings, date=day) == catalog.Ingest(partitions=[day])
+        part = catalog.LAKE.path(world.settings, date=day)
+        raw = list(part.parent.iterdir())
+        assert raw == [part]  # the day's partition holds its one part file, nothing else
         pd.testing.assert_frame_equal(
-            pd.read_parquet(raw[0]),
-            pd.read_parquet(
-                world.settings.landing_dir / f"date={day.isoformat()}" / "part.parquet"
-            ),
+            pd.read_parquet(part),
+            pd.read_parquet(catalog.LANDING.path(world.settings, date=day)),
         )
-    lake = pd.concat(pd.read_parquet(p) for p in world.settings.raw_dir.glob("date=*/*.parquet"))
+    partitions = catalog.LAKE.prefix(world.settings).glob("*/*.parquet")
+    lake = pd.concat(pd.read_parquet(p) for p in partitions)
     assert not lake.duplicated().any()
 
 
 def test_materialization_advanced_to_the_last_day(world, backfill):
-    marks = json.loads((world.settings.feast_dir / "watermarks.json").read_text())
+    marks = catalog.WATERMARKS.load(world.settings).root
     last = world.days[-1] + timedelta(days=1)
-    assert {v[:10] for v in marks.values()} == {last.isoformat()}
+    assert {v.date() for v in marks.values()} == {last}
 
 
 def _offline_tables(settings: Settings) -> dict[str, pd.DataFrame]:
     return {
-        n: pd.read_parquet(settings.offline_dir / n) for n in ("user_features", "item_features")
+        kind: pd.read_parquet(catalog.FEATURE_TABLE.path(settings, kind=kind))
+        for kind in ("user", "item")
     }
 
 
@@ -282,7 +278,7 @@ def test_backfilling_an_earlier_day_again_rolls_nothing_back(world, backfill):
     tables, the online store and the production model stay as they were.
     """
     day = world.days[0]
-    pointer = world.settings.production_pointer.read_text()
+    pointer = catalog.PRODUCTION.path(world.settings).read_text()
     online, offline = worlds.online_rows(world.settings), _offline_tables(world.settings)
 
     _backfill(world, day, day, "--reprocess-behavior", "completed")
@@ -295,10 +291,10 @@ def test_backfilling_an_earlier_day_again_rolls_nothing_back(world, backfill):
         _run_id(day),
     )
     assert tries == (2,)  # the gate really ran again
-    summary = json.loads((world.settings.run_dir(day) / "summary.json").read_text())
-    assert summary["promoted"] is False
-    assert "at least as new as production" in summary["gate"]["reason"]
-    assert world.settings.production_pointer.read_text() == pointer
+    summary = catalog.SUMMARY.load(world.settings, date=day)
+    assert summary.promoted is False
+    assert "at least as new as production" in summary.gate.reason
+    assert catalog.PRODUCTION.path(world.settings).read_text() == pointer
     assert worlds.online_rows(world.settings) == online
     for name, table in _offline_tables(world.settings).items():
         pd.testing.assert_frame_equal(table, offline[name])

@@ -8,7 +8,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from pipelines import data
+from pipelines import catalog, data
 from pipelines.config import Settings
 
 DAY1 = 978_307_200  # 2001-01-01 00:00:00 UTC
@@ -57,7 +57,7 @@ def test_ml1m_wheel_is_read_into_the_generic_format(tmp_path):
 
 def test_read_generic_checks_columns(tmp_path):
     pd.DataFrame({"user_id": ["a"], "item_id": ["x"], "score": [1.0], "timestamp": [DAY1]}).to_csv(
-        tmp_path / "interactions.csv", index=False
+        catalog.INTERACTIONS_CSV.path(tmp_path), index=False
     )
     with pytest.raises(ValueError, match="rating"):
         data.read_generic(tmp_path)
@@ -83,11 +83,13 @@ def test_land_partitions_writes_one_file_per_utc_day_and_overwrites(tmp_path):
     )
     days = data.land_partitions(inter, tmp_path)
     assert days == [date(2001, 1, 1), date(2001, 1, 2)]
-    second = pd.read_parquet(data.partition_path(tmp_path, date(2001, 1, 2)))
+    assert catalog.LANDING.dates(tmp_path) == days
+    landed = catalog.LANDING.path(tmp_path, date=date(2001, 1, 2))
+    second = pd.read_parquet(landed)
     assert second["user_id"].tolist() == ["a", "b"]
     data.land_partitions(inter, tmp_path)  # a re-land overwrites: still 2 rows, one file
-    assert len(pd.read_parquet(data.partition_path(tmp_path, date(2001, 1, 2)))) == 2
-    assert len(list((tmp_path / "date=2001-01-02").iterdir())) == 1
+    assert len(pd.read_parquet(landed)) == 2
+    assert len(list(landed.parent.iterdir())) == 1
 
 
 def test_sample_users_keeps_recent_users_and_all_their_rows():
@@ -120,7 +122,7 @@ def test_bootstrap_a_generic_dataset(tmp_path):
             "rating": [5, 3, 4],
             "timestamp": [DAY1 + 10, DAY2, DAY2 + 7],
         }
-    ).to_parquet(source / "interactions.parquet")
+    ).to_parquet(catalog.INTERACTIONS.path(source))
     pd.DataFrame(
         {
             "item_id": ["x", "y"],
@@ -128,21 +130,21 @@ def test_bootstrap_a_generic_dataset(tmp_path):
             "genres": ["Drama", "Drama|War"],
             "year": [1990, 2000],
         }
-    ).to_csv(source / "items.csv", index=False)
+    ).to_csv(catalog.ITEMS.path(source).with_suffix(".csv"), index=False)  # CSV items too
     settings = Settings(data_dir=tmp_path / "data", dataset=str(source))
     facts = data.bootstrap(settings)
-    assert facts | {"genres": None} == {
+    assert facts.model_dump() | {"genres": None} == {
         "name": "mydata",
         "rows": 3,
         "users": 2,
         "items": 2,
-        "first_date": "2001-01-01",
-        "last_date": "2001-01-02",
+        "first_date": date(2001, 1, 1),
+        "last_date": date(2001, 1, 2),
         "partitions": 2,
         "genres": None,
         "rating_min": 3.0,
         "rating_max": 5.0,
     }
-    assert facts["genres"] == ["Drama", "War"]
-    assert data.dataset_facts(settings) == facts
-    assert (settings.dataset_dir / "items.parquet").exists()
+    assert facts.genres == ["Drama", "War"]
+    assert data.dataset_facts(settings) == facts == catalog.DATASET_FACTS.load(settings)
+    assert catalog.ITEMS.exists(catalog.dataset_dir(settings))

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import worlds
 
+from pipelines import catalog
 from pipelines.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -38,31 +39,30 @@ def world(tmp_path_factory) -> World:
     env = worlds.project_env(data_dir, CR_SAMPLE_USERS="160", CR_N_ESTIMATORS="80")
     settings = Settings(data_dir=data_dir, sample_users=160)
     worlds.bootstrap(env)
-    landed = sorted(p.name.removeprefix("date=") for p in settings.landing_dir.glob("date=*"))
-    first_run, last_day = date.fromisoformat(landed[-2]), date.fromisoformat(landed[-1])
+    landed = catalog.LANDING.dates(settings)
+    first_run, last_day = landed[-2], landed[-1]
     proc = worlds.dag_test(env, first_run)
-    summary = settings.run_dir(first_run) / "summary.json"
-    assert summary.exists(), (
+    assert catalog.SUMMARY.exists(settings, date=first_run), (
         f"DAG run wrote no summary:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     )
     return World(settings, env, first_run, last_day)
 
 
-def _summary(world: World, day: date) -> dict:
-    return json.loads((world.settings.run_dir(day) / "summary.json").read_text())
+def _summary(world: World, day: date) -> catalog.Summary:
+    return catalog.SUMMARY.load(world.settings, date=day)
 
 
-def _pointer(world: World) -> dict:
-    return json.loads(world.settings.production_pointer.read_text())
+def _pointer(world: World) -> catalog.ProductionPointer:
+    return catalog.PRODUCTION.load(world.settings)
 
 
 def test_dag_run_trains_evaluates_and_promotes(world):
     summary = _summary(world, world.first_run)
-    assert summary["logical_date"] == world.first_run.isoformat()
-    assert summary["dataset"]["name"] == "ml-1m" and summary["dataset"]["users"] == 160
-    assert summary["validation"]["passed"] is True
-    assert Path(summary["validation"]["data_docs"]).exists()
-    metrics = summary["metrics"]
+    assert summary.logical_date == world.first_run
+    assert summary.dataset["name"] == "ml-1m" and summary.dataset["users"] == 160
+    assert summary.validation.passed is True
+    assert Path(summary.validation.data_docs).exists()
+    metrics = summary.metrics
     for name in ("model", "random", "popularity"):
         assert set(metrics[name]) == {"ndcg@10", "map@10", "recall@10", "queries"}
         assert metrics[name]["queries"] > 20
@@ -72,41 +72,40 @@ def test_dag_run_trains_evaluates_and_promotes(world):
         > metrics["popularity"]["ndcg@10"]
         > metrics["random"]["ndcg@10"]
     )
-    assert summary["gate"]["passed"] is True and summary["promoted"] is True
-    assert _pointer(world)["tag"] == summary["model_tag"]
-    assert summary["infra_validation"]["passed"] is True
+    assert summary.gate.passed is True and summary.promoted is True
+    assert _pointer(world).tag == summary.model_tag
+    assert summary.infra_validation.passed is True
     for task in ("ingest", "validate", "features", "materialize", "training_set", "train"):
-        assert summary["timings_s"][task] >= 0
+        assert summary.timings_s[task] >= 0
 
 
 def test_each_stage_records_its_memory_and_cpu(world):
-    costs = json.loads((world.settings.run_dir(world.first_run) / "resources.json").read_text())
-    assert set(costs) == set(_summary(world, world.first_run)["timings_s"])
+    costs = catalog.RESOURCES.load(world.settings, date=world.first_run).root
+    assert set(costs) == set(_summary(world, world.first_run).timings_s)
     for cost in costs.values():
-        assert cost["driver_peak_pss_mb"] > 50 and cost["driver_cpu_s"] >= 0
+        assert cost.driver_peak_pss_mb > 50 and cost.driver_cpu_s >= 0
     for spark_stage in ("features", "training_set", "train"):  # Spark does their work
-        assert costs[spark_stage]["spark_peak_pss_mb"] > 100
-        assert costs[spark_stage]["spark_cpu_s"] > 1
+        assert costs[spark_stage].spark_peak_pss_mb > 100
+        assert costs[spark_stage].spark_cpu_s > 1
 
 
 def test_model_lineage_is_recorded(world):
     from pipelines import registry
 
     summary = _summary(world, world.first_run)
-    meta = registry.model_info(summary["model_tag"], world.settings)["metadata"]
+    meta = registry.model_info(summary.model_tag, world.settings)["metadata"]
     assert meta["feature_service"] == "ranker_v1"
     assert meta["validation"]["passed"] is True
     assert world.first_run.isoformat() in meta["partitions"]
     assert len(meta["training_set_hash"]) == 16
     assert meta["params"]["objective"] == "rank:ndcg"
-    assert meta["metrics"]["model"]["ndcg@10"] == summary["metrics"]["model"]["ndcg@10"]
+    assert meta["metrics"]["model"]["ndcg@10"] == summary.metrics["model"]["ndcg@10"]
 
 
 def test_rerun_of_the_same_date_overwrites(world):
-    run_dir = world.settings.run_dir(world.first_run)
-    rows = pd.read_parquet(run_dir / "training_set.parquet")
+    rows = pd.read_parquet(catalog.TRAINING_SET.path(world.settings, date=world.first_run))
     assert not rows.duplicated(["query_id", "item_id"]).any()
-    raw = list(world.settings.raw_dir.glob(f"date={world.first_run.isoformat()}/*"))
+    raw = list(catalog.LAKE.path(world.settings, date=world.first_run).parent.glob("*"))
     assert len(raw) == 1  # one file per partition
 
 
@@ -116,14 +115,14 @@ def test_rerunning_a_date_reproduces_features_and_online_store(world, monkeypatc
     monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
     config.get_settings.cache_clear()
     try:
-        offline = world.settings.offline_dir
-        before = {n: pd.read_parquet(offline / n) for n in ("user_features", "item_features")}
+        tables = {k: catalog.FEATURE_TABLE.path(world.settings, kind=k) for k in ("user", "item")}
+        before = {k: pd.read_parquet(path) for k, path in tables.items()}
         online_before = worlds.online_rows(world.settings)
         assert online_before
         tasks.build_features(world.first_run)
         tasks.materialize(world.first_run)
-        for name, frame in before.items():
-            pd.testing.assert_frame_equal(pd.read_parquet(offline / name), frame)
+        for kind, frame in before.items():
+            pd.testing.assert_frame_equal(pd.read_parquet(tables[kind]), frame)
         assert worlds.online_rows(world.settings) == online_before
     finally:
         config.get_settings.cache_clear()
@@ -136,14 +135,17 @@ def test_rerunning_the_training_set_reproduces_it_row_for_row(world, monkeypatch
 
     monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
     config.get_settings.cache_clear()
-    run_dir = world.settings.run_dir(world.first_run)
+    paths = [
+        entry.path(world.settings, date=world.first_run)
+        for entry in (catalog.TRAINING_SET, catalog.HOLDOUT)
+    ]
     try:
-        names = ("training_set.parquet", "holdout.parquet")
-        before = {n: pd.read_parquet(run_dir / n) for n in names}
-        hash_before = json.loads((run_dir / "training_set.json").read_text())["training_set_hash"]
+        before = {path: pd.read_parquet(path) for path in paths}
+        facts = catalog.TRAINING_SET_FACTS.load(world.settings, date=world.first_run)
+        hash_before = facts.training_set_hash
         out = tasks.build_training_set(world.first_run)
-        for name, frame in before.items():
-            pd.testing.assert_frame_equal(pd.read_parquet(run_dir / name), frame)
+        for path, frame in before.items():
+            pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
         assert out["training_set_hash"] == hash_before
         assert out["negatives"] == "sampled"  # ML-1M logs no impressions
     finally:
@@ -159,7 +161,7 @@ def test_training_set_bench_runs_both_joins_on_the_same_rows(world, monkeypatch,
     monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
     config.get_settings.cache_clear()
     try:
-        report = training_set_bench.run(world.first_run, tmp_path / "training_set.json")
+        report = training_set_bench.run(world.first_run, tmp_path / "training_set_bench.json")
     finally:
         config.get_settings.cache_clear()
     assert report["entity_rows"] > 1000
@@ -167,7 +169,7 @@ def test_training_set_bench_runs_both_joins_on_the_same_rows(world, monkeypatch,
     file_store = report["feast_file_store"]
     assert file_store["rows_out"] > 0 and file_store["rows_lost"] >= 0
     assert file_store["rows_out"] + file_store["rows_lost"] >= report["entity_rows"]
-    saved = json.loads((tmp_path / "training_set.json").read_text())
+    saved = json.loads((tmp_path / "training_set_bench.json").read_text())
     assert saved["speedup"] == report["speedup"] > 0
     assert saved["spark_as_of_join"]["driver_peak_pss_mb"] > 0
 
@@ -181,11 +183,11 @@ def server(world):
 
 
 def _holdout_request(world: World) -> dict:
-    holdout = pd.read_parquet(world.settings.run_dir(world.first_run) / "holdout.parquet")
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(world.settings, date=world.first_run))
     from pipelines import ids
 
-    users = ids.read_mapping(world.settings.ids_dir / "users.parquet")
-    items = ids.read_mapping(world.settings.ids_dir / "items.parquet")
+    users = ids.read_mapping(catalog.USER_IDS.path(world.settings))
+    items = ids.read_mapping(catalog.ITEM_IDS.path(world.settings))
     qid = holdout["query_id"].iloc[0]
     group = holdout[holdout["query_id"] == qid]
     user = users.loc[users["internal_id"] == group["user_id"].iloc[0], "external_id"].iloc[0]
@@ -198,7 +200,7 @@ def test_server_ranks_a_real_user(world, server):
     resp = httpx.post(f"{server}/rank", json=body, timeout=30)
     assert resp.status_code == 200, resp.text
     out = resp.json()
-    assert out["model_version"] == _pointer(world)["tag"]
+    assert out["model_version"] == _pointer(world).tag
     assert out["fallback"] is False and out["unknown_item_ids"] == []
     scores = [i["score"] for i in out["items"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
@@ -218,8 +220,8 @@ def test_server_cold_start_and_bad_input(world, server):
 
 
 def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server):
-    before = _pointer(world)["tag"]
-    landed = world.settings.landing_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+    before = _pointer(world).tag
+    landed = catalog.LANDING.path(world.settings, date=world.last_day)
     part = pd.read_parquet(landed)
     part.to_parquet(world.settings.data_dir / "good-last-day.parquet", index=False)
     part.loc[part.index[:1], "user_id"] = None
@@ -228,27 +230,27 @@ def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server
 
     worlds.dag_test(world.env, world.last_day)
 
-    run_dir = world.settings.run_dir(world.last_day)
-    validation = json.loads((run_dir / "validation.json").read_text())
-    assert validation["passed"] is False
+    validation = catalog.VALIDATION.load(world.settings, date=world.last_day)
+    assert validation.passed is False
     failed = {
         (f["expectation"], f["column"])
-        for f in validation["suites"]["raw_interactions"]["failed_expectations"]
+        for f in validation.suites["raw_interactions"].failed_expectations
     }
     assert ("expect_column_values_to_not_be_null", "user_id") in failed
     assert ("expect_column_values_to_be_between", "rating") in failed
-    quarantined = world.settings.quarantine_dir / f"date={world.last_day.isoformat()}"
-    assert pd.read_parquet(quarantined / "part.parquet").equals(
-        part
-    )  # kept, byte for byte in content
-    assert not list(
-        (world.settings.raw_dir / f"date={world.last_day.isoformat()}").glob("*.parquet")
-    )
-    for downstream in ("features.json", "materialize.json", "training_set.json", "register.json"):
-        assert not (run_dir / downstream).exists(), downstream
+    quarantined = catalog.QUARANTINE.path(world.settings, date=world.last_day)
+    assert pd.read_parquet(quarantined).equals(part)  # kept, byte for byte in content
+    assert not list(catalog.LAKE.path(world.settings, date=world.last_day).parent.glob("*.parquet"))
+    for downstream in (
+        catalog.FEATURES,
+        catalog.MATERIALIZE,
+        catalog.TRAINING_SET_FACTS,
+        catalog.REGISTRATION,
+    ):
+        assert not downstream.exists(world.settings, date=world.last_day), downstream.template
     summary = _summary(world, world.last_day)
-    assert summary["validation"]["passed"] is False and summary["promoted"] is False
-    assert _pointer(world)["tag"] == before
+    assert summary.validation.passed is False and summary.promoted is False
+    assert _pointer(world).tag == before
     resp = httpx.post(f"{server}/rank", json=_holdout_request(world), timeout=30)
     assert resp.status_code == 200 and resp.json()["model_version"] == before
 
@@ -256,14 +258,14 @@ def test_bad_partition_is_quarantined_and_production_keeps_serving(world, server
 def test_a_corrected_partition_is_reingested_cleanly(world, monkeypatch):
     from pipelines import config, tasks
 
-    landed = world.settings.landing_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+    landed = catalog.LANDING.path(world.settings, date=world.last_day)
     (world.settings.data_dir / "good-last-day.parquet").replace(landed)  # upstream re-delivers
     monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
     config.get_settings.cache_clear()
     try:
         assert tasks.ingest(world.last_day)["partitions"] == 1
         assert tasks.validate(world.last_day)["passed"] is True
-        raw = world.settings.raw_dir / f"date={world.last_day.isoformat()}" / "part.parquet"
+        raw = catalog.LAKE.path(world.settings, date=world.last_day)
         pd.testing.assert_frame_equal(pd.read_parquet(raw), pd.read_parquet(landed))
     finally:
         config.get_settings.cache_clear()
@@ -288,25 +290,26 @@ def test_the_next_days_features_are_incremental_and_equal_a_run_from_scratch(
 
     def tables() -> dict[str, pd.DataFrame]:
         return {
-            n: pd.read_parquet(settings.offline_dir / n).sort_values(
-                [f"{n.split('_')[0]}_id", "event_timestamp"], ignore_index=True
+            kind: pd.read_parquet(catalog.FEATURE_TABLE.path(settings, kind=kind)).sort_values(
+                [f"{kind}_id", "event_timestamp"], ignore_index=True
             )
-            for n in ("user_features", "item_features")
+            for kind in ("user", "item")
         }
 
     try:
-        lake_rows = sum(len(pd.read_parquet(p)) for p in settings.raw_dir.glob("date=*/*"))
+        lake = catalog.LAKE.prefix(settings)
+        lake_rows = sum(len(pd.read_parquet(p)) for p in lake.glob("*/*"))
         incremental = tasks.build_features(world.last_day)
         assert incremental["since"] == (world.first_run + timedelta(days=2)).isoformat()
         assert 0 < incremental["events_read"] < lake_rows / 2
         assert incremental["user_rows"] > 0
         after_increment = tables()
-        shutil.rmtree(settings.offline_dir / "feature_state")
+        shutil.rmtree(catalog.FEATURE_STATE.prefix(settings))
         scratch = tasks.build_features(world.last_day)
         assert scratch["since"] is None and scratch["events_read"] == lake_rows
-        for name, frame in tables().items():
-            pd.testing.assert_frame_equal(after_increment[name], frame)
-            assert scratch[f"{name.split('_')[0]}_rows"] == len(frame)
+        for kind, frame in tables().items():
+            pd.testing.assert_frame_equal(after_increment[kind], frame)
+            assert scratch[f"{kind}_rows"] == len(frame)
     finally:
         config.get_settings.cache_clear()
 
@@ -319,7 +322,7 @@ def test_worse_challenger_is_not_promoted(world, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(world.settings.bentoml_home))
     config.get_settings.cache_clear()
     try:
-        before = _pointer(world)["tag"]
+        before = _pointer(world).tag
         tasks.train(world.first_run, shuffle_labels=True)
         evaluation = tasks.evaluate(world.first_run)
         metrics = evaluation["metrics"]
@@ -331,7 +334,7 @@ def test_worse_challenger_is_not_promoted(world, monkeypatch):
         assert tasks.infra_validate(world.first_run)["skipped"] is True
         promotion = tasks.promote(world.first_run)
         assert promotion["promoted"] is False
-        assert _pointer(world)["tag"] == before
+        assert _pointer(world).tag == before
     finally:
         config.get_settings.cache_clear()
 
@@ -347,7 +350,7 @@ def test_served_feature_skew_is_detected_and_blocks_promotion(world, monkeypatch
     config.get_settings.cache_clear()
     try:
         settings = config.get_settings()
-        holdout = pd.read_parquet(settings.run_dir(world.first_run) / "holdout.parquet")
+        holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=world.first_run))
         pairs = holdout.groupby("query_id").head(5)[["user_id", "item_id"]].to_numpy()[:200]
         monkeypatch.setenv("CR_SKEW_ROWS", str(len(pairs)))  # compare exactly the last phase
         config.get_settings.cache_clear()

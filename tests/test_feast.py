@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from feast_repo import feast_repo
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def test_feast_apply_between_runs_keeps_the_materialization_watermark(store_sett
     from pipelines import feature_store
 
     # Earlier tests in this module loaded later windows; start from an empty watermark.
-    (store_settings.feast_dir / "watermarks.json").unlink(missing_ok=True)
+    catalog.WATERMARKS.path(store_settings).unlink(missing_ok=True)
     feature_store.apply(store_settings)
     first = feature_store.materialize(store_settings, DAY[0], DAY[2])
     feature_store.apply(store_settings)  # a redeploy between two daily runs

@@ -8,7 +8,6 @@ and the training-set contract failed on the nulls of users without history.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from datetime import date
 import pytest
 import worlds
 
+from pipelines import catalog
 from pipelines.cli import RUN_STAGES
 from pipelines.config import Settings
 
@@ -53,8 +53,9 @@ def _check_run(world: World, day: date, since: float):
     return worlds.run([*cmd, "--since", str(since)], world.env, check=False)
 
 
-def _read(world: World, name: str) -> dict:
-    return json.loads((world.settings.run_dir(world.day) / name).read_text())
+def _read(world: World, entry: catalog.Entry):
+    """The run's JSON artifact ``entry``, validated against its model."""
+    return entry.load(world.settings, date=world.day)
 
 
 def test_a_1995_run_runs_every_task_and_trains(world):
@@ -64,17 +65,17 @@ def test_a_1995_run_runs_every_task_and_trains(world):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"ran {len(RUN_STAGES)} stages" in checked.stdout
 
-    summary = _read(world, "summary.json")
-    assert summary["logical_date"] == "1995-03-31"
-    assert set(summary["timings_s"]) == set(RUN_STAGES)
-    assert summary["validation"]["passed"] is True
-    assert summary["training_set"]["train_queries"] > 100
-    assert _read(world, "training.json")["trees"] == 30
-    metrics = summary["metrics"]
+    summary = _read(world, catalog.SUMMARY)
+    assert summary.logical_date == date(1995, 3, 31)
+    assert set(summary.timings_s) == set(RUN_STAGES)
+    assert summary.validation.passed is True
+    assert summary.training_set.train_queries > 100
+    assert _read(world, catalog.TRAINING).trees == 30
+    metrics = summary.metrics
     for name in ("model", "random", "popularity"):
         assert metrics[name]["queries"] > 20
     assert metrics["model"]["ndcg@10"] > metrics["random"]["ndcg@10"]
-    assert summary["model_tag"]  # trained, evaluated and registered
+    assert summary.model_tag  # trained, evaluated and registered
 
 
 def test_the_gate_decides_promotion(world):
@@ -86,22 +87,21 @@ def test_the_gate_decides_promotion(world):
     rejects the candidate, infra-validation is skipped and nothing is promoted. Should
     the model win, the same test asserts the promotion instead.
     """
-    summary = _read(world, "summary.json")
-    pointer = world.settings.production_pointer
-    if summary["gate"]["passed"]:
-        assert summary["infra_validation"]["passed"] is True and summary["promoted"] is True
-        assert json.loads(pointer.read_text())["tag"] == summary["model_tag"]
+    summary = _read(world, catalog.SUMMARY)
+    if summary.gate.passed:
+        assert summary.infra_validation.passed is True and summary.promoted is True
+        assert catalog.PRODUCTION.load(world.settings).tag == summary.model_tag
     else:
-        assert "popularity" in summary["gate"]["reason"]
-        assert summary["infra_validation"]["skipped"] is True
-        assert summary["promoted"] is False and not pointer.exists()
+        assert "popularity" in summary.gate.reason
+        assert summary.infra_validation.skipped is True
+        assert summary.promoted is False and not catalog.PRODUCTION.exists(world.settings)
 
 
 def test_most_training_rows_have_no_user_history_and_pass_the_contract(world):
-    checked = _read(world, "training_set_validation.json")
-    assert checked["passed"] is True
-    assert checked["user_without_history_share"] > 0.5
-    assert checked["null_shares"]["user_cnt_all"] == checked["user_without_history_share"]
+    checked = _read(world, catalog.TRAINING_SET_VALIDATION)
+    assert checked.passed is True
+    assert checked.user_without_history_share > 0.5
+    assert checked.null_shares["user_cnt_all"] == checked.user_without_history_share
 
 
 def test_check_run_fails_on_a_stale_summary(world):
@@ -117,7 +117,7 @@ def test_check_run_fails_on_a_run_that_did_nothing(world):
     started = time.time()
     proc = worlds.dag_test(world.env, day)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not world.settings.run_dir(day).exists()  # no task ran
+    assert not catalog.run_dir(world.settings, day).exists()  # no task ran
 
     checked = _check_run(world, day, started)
     assert checked.returncode == 1

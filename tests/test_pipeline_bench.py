@@ -4,10 +4,13 @@ records: exponents, growth, targets and the report's layout. No Spark, no timing
 from __future__ import annotations
 
 import math
+from datetime import date
+from pathlib import Path
 
 import pytest
 
 from benchmarks import pipeline_bench as pb
+from pipelines import catalog
 
 
 def size(
@@ -211,23 +214,59 @@ def test_report_ends_with_targets():
     assert report["duration_s"] == 12.3
 
 
+def _summary(day: date, evaluation: catalog.Evaluation, promoted: bool) -> catalog.Summary:
+    """A run's ``catalog.SUMMARY`` with nothing but what ``run_facts`` reads filled in."""
+    return catalog.Summary(
+        run_id=f"manual__{day.isoformat()}",
+        logical_date=day,
+        dataset={},
+        validation=catalog.SummaryValidation(passed=True, suites={}, data_docs=None),
+        metrics=evaluation.metrics,
+        gate=catalog.SummaryGate(passed=promoted, reason="gate", significance=None, slices=None),
+        model_tag=None,
+        promoted=promoted,
+        promotion_reason=None,
+        infra_validation=None,
+        training_set=None,
+        monitoring=None,
+        timings_s={},
+        resources={},
+        report=str(catalog.REPORT.path(Path("/data"), date=day)),
+    )
+
+
 def test_run_facts_reads_stage_costs_in_dag_order():
-    timings = {"train": 30.0, "ingest": 2.0}
-    resources = {
-        "ingest": {"driver_peak_pss_mb": 300, "spark_peak_pss_mb": 0, "spark_cpu_s": 0.0},
-        "train": {"driver_peak_pss_mb": 500, "spark_peak_pss_mb": 2000, "spark_cpu_s": 55.0},
-    }
-    evaluation = {
-        "metrics": {
+    timings = catalog.Timings({"train": 30.0, "ingest": 2.0})
+    resources = catalog.Resources.model_validate(
+        {
+            "ingest": {
+                "driver_peak_pss_mb": 300,
+                "spark_peak_pss_mb": 0,
+                "driver_cpu_s": 1.5,
+                "spark_cpu_s": 0.0,
+            },
+            "train": {
+                "driver_peak_pss_mb": 500,
+                "spark_peak_pss_mb": 2000,
+                "driver_cpu_s": 4.0,
+                "spark_cpu_s": 55.0,
+            },
+        }
+    )
+    evaluation = catalog.Evaluation(
+        metrics={
             "model": {"ndcg@10": 0.4},
             "popularity": {"ndcg@10": 0.2},
             "random": {"ndcg@10": 0.1},
             "production": None,
-        }
-    }
-    got = pb.run_facts(timings, resources, evaluation, {"promoted": True})
+        },
+        production_tag=None,
+        slices=[],
+    )
+    summary = _summary(date(2026, 6, 30), evaluation, promoted=True)
+    got = pb.run_facts(timings, resources, evaluation, summary)
     assert list(got["stages"]) == ["ingest", "train"]
-    assert got["stages"]["train"] == {"wall_s": 30.0} | resources["train"]
+    assert got["stages"]["train"] == {"wall_s": 30.0} | resources.root["train"].model_dump()
     assert got["stage_sum_s"] == 32.0
     assert got["driver_peak_pss_mb"] == 500 and got["spark_peak_pss_mb"] == 2000
     assert got["ndcg@10"] == {"model": 0.4, "oracle": None, "popularity": 0.2, "random": 0.1}
@@ -237,7 +276,16 @@ def test_run_facts_reads_stage_costs_in_dag_order():
 
 
 def test_a_synthetic_feed_is_reused_only_with_the_same_events_and_seed():
-    facts = {"config": {"events": 1_000_000, "seed": 42}, "events": 999_990}
+    facts = catalog.SynthFacts(
+        config={"events": 1_000_000, "seed": 42},
+        events=999_990,
+        positive_share=0.3,
+        users=5_000,
+        items=20_000,
+        creators=2_000,
+        first_date=date(2026, 1, 2),
+        last_date=date(2026, 6, 30),
+    )
     assert pb.synth_reusable(facts, 1_000_000, 42)
     assert not pb.synth_reusable(facts, 1_000_000, 7)
     assert not pb.synth_reusable(facts, 4_000_000, 42)

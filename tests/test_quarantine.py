@@ -10,7 +10,6 @@ sit in quarantine byte for byte, with nothing of it left in the lake.
 from __future__ import annotations
 
 import filecmp
-import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import config, tasks
+from pipelines import catalog, config, tasks
 from pipelines.config import Settings
-from pipelines.data import partition_path
 
 pytestmark = pytest.mark.integration
 
@@ -96,15 +94,16 @@ def lake(tmp_path, monkeypatch) -> Iterator[Settings]:
     settings = config.get_settings()
     for back in range(7, 0, -1):
         day = TODAY - timedelta(days=back)
-        for root in (settings.landing_dir, settings.raw_dir):
-            partition_path(root, day).parent.mkdir(parents=True, exist_ok=True)
-            day_partition(day).to_parquet(partition_path(root, day), index=False)
+        for entry in (catalog.LANDING, catalog.LAKE):
+            path = entry.path(settings, date=day)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            day_partition(day).to_parquet(path, index=False)
     yield settings
     config.get_settings.cache_clear()
 
 
 def _landed(settings: Settings) -> Path:
-    path = partition_path(settings.landing_dir, TODAY)
+    path = catalog.LANDING.path(settings, date=TODAY)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -113,8 +112,8 @@ def test_a_good_day_passes(lake: Settings) -> None:
     day_partition(TODAY).to_parquet(_landed(lake), index=False)
     assert tasks.ingest(TODAY)["partitions"] == 1
     assert tasks.validate(TODAY)["passed"] is True
-    assert partition_path(lake.raw_dir, TODAY).exists()
-    assert not lake.quarantine_dir.exists()
+    assert catalog.LAKE.exists(lake, date=TODAY)
+    assert not catalog.QUARANTINE.prefix(lake).exists()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -128,24 +127,26 @@ def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None
         tasks.validate(TODAY)
 
     assert expected[0] in str(failed.value)
-    quarantined = lake.quarantine_dir / f"date={TODAY.isoformat()}"
-    assert filecmp.cmp(quarantined / "part.parquet", landed, shallow=False)
-    result = json.loads((quarantined / "validation.json").read_text())
-    assert result["passed"] is False
+    quarantined = catalog.QUARANTINE.path(lake, date=TODAY)
+    assert filecmp.cmp(quarantined, landed, shallow=False)
+    result = catalog.QUARANTINE_VALIDATION.load(lake, date=TODAY)
+    assert result.passed is False
     assert expected in {
         (f["expectation"], f.get("column"), f.get("check"))
-        for f in result["suites"]["raw_interactions"]["failed_expectations"]
+        for f in result.suites["raw_interactions"].failed_expectations
     }
-    assert not partition_path(lake.raw_dir, TODAY).exists()
+    assert not catalog.LAKE.exists(lake, date=TODAY)
     # The good days are untouched, and no later stage left anything for today.
-    assert len(list(lake.raw_dir.glob("date=*/part.parquet"))) == 7
-    run_dir = lake.run_dir(TODAY)
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "ingest.json",
-        "resources.json",  # each stage's cost, like its time
-        "timings.json",
-        "validation.json",
-    ]
+    assert len(catalog.LAKE.dates(lake)) == 7
+    written = (
+        catalog.INGEST,
+        catalog.RESOURCES,  # each stage's cost, like its time
+        catalog.TIMINGS,
+        catalog.VALIDATION,
+    )
+    assert sorted(catalog.run_dir(lake, TODAY).iterdir()) == sorted(
+        entry.path(lake, date=TODAY) for entry in written
+    )
 
 
 @pytest.mark.parametrize("bad", [None, 1])
@@ -164,7 +165,7 @@ def test_a_large_delivery_is_validated_in_batches_of_whole_days(
         frame = day_partition(day)
         if i == bad:
             frame = CASES["rating_out_of_range"][0](frame)
-        path = partition_path(settings.landing_dir, day)
+        path = catalog.LANDING.path(settings, date=day)
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(path, index=False)
     try:
@@ -173,28 +174,26 @@ def test_a_large_delivery_is_validated_in_batches_of_whole_days(
             assert tasks.validate(days[-1]) == {
                 "passed": True,
                 "rows": 3 * ROWS,
-                "data_docs": tasks.read_json(settings.run_dir(days[-1]) / "validation.json")[
-                    "data_docs"
-                ],
+                "data_docs": catalog.VALIDATION.load(settings, date=days[-1]).data_docs,
             }
         else:
             with pytest.raises(tasks.ValidationFailed, match=f"in {days[bad]}..{days[bad]}"):
                 tasks.validate(days[-1])
-        result = tasks.read_json(settings.run_dir(days[-1]) / "validation.json")
-        assert [(p["partitions"], p["passed"]) for p in result["parts"]] == [
+        result = catalog.VALIDATION.load(settings, date=days[-1])
+        assert [(p.partitions, p.passed) for p in result.parts] == [
             ([d.isoformat(), d.isoformat()], i != bad) for i, d in enumerate(days)
         ]
-        assert result["rows"] == 3 * ROWS
-        suite = result["suites"]["raw_interactions"]
+        assert result.rows == 3 * ROWS
+        suite = result.suites["raw_interactions"]
         # Each day ran the whole suite; only the bad day's rating check failed.
-        assert suite["evaluated"] % 3 == 0 and suite["evaluated"] > 3
-        assert suite["evaluated"] - suite["successful"] == (0 if bad is None else 1)
-        assert [f["column"] for f in suite["failed_expectations"]] == (
+        assert suite.evaluated % 3 == 0 and suite.evaluated > 3
+        assert suite.evaluated - suite.successful == (0 if bad is None else 1)
+        assert [f["column"] for f in suite.failed_expectations] == (
             [] if bad is None else ["rating"]
         )
-        lake = sorted(p.parent.name for p in settings.raw_dir.glob("date=*/part.parquet"))
-        quarantined = sorted(p.name for p in settings.quarantine_dir.glob("date=*"))
-        expected = [f"date={d.isoformat()}" for d in days]
-        assert (lake, quarantined) == ((expected, []) if bad is None else ([], expected))
+        lake = catalog.LAKE.dates(settings)
+        quarantined = sorted(catalog.QUARANTINE.prefix(settings).glob("*"))
+        folders = [catalog.QUARANTINE.path(settings, date=d).parent for d in days]
+        assert (lake, quarantined) == ((days, []) if bad is None else ([], folders))
     finally:
         config.get_settings.cache_clear()

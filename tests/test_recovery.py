@@ -11,7 +11,6 @@ earlier date, run after a later one, must not roll the online store back.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -22,7 +21,7 @@ import pandas as pd
 import pytest
 import worlds
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -44,16 +43,29 @@ def _snapshots(key: str, features: list[str], n: int, seed: int) -> pd.DataFrame
 
 def _world(root: Path) -> tuple[Settings, dict[str, str]]:
     settings = Settings(data_dir=root)
-    for name, frame in (
-        ("user_features", _snapshots("user_id", contracts.USER_FEATURES, 150, 1)),
-        ("item_features", _snapshots("item_id", contracts.ITEM_FEATURES, 400, 2)),
+    for kind, frame in (
+        ("user", _snapshots("user_id", contracts.USER_FEATURES, 150, 1)),
+        ("item", _snapshots("item_id", contracts.ITEM_FEATURES, 400, 2)),
     ):
-        (settings.offline_dir / name).mkdir(parents=True)
-        frame.to_parquet(
-            settings.offline_dir / name / "part-0.parquet", index=False, coerce_timestamps="us"
-        )
-    settings.dataset_dir.mkdir(parents=True)
-    (settings.dataset_dir / "dataset.json").write_text(json.dumps({"first_date": "2024-03-01"}))
+        table = catalog.FEATURE_TABLE.path(settings, kind=kind)
+        table.mkdir(parents=True)
+        frame.to_parquet(table / "part-0.parquet", index=False, coerce_timestamps="us")
+    # materialize loads from the data set's first day
+    catalog.DATASET_FACTS.save(
+        settings,
+        catalog.DatasetFacts(
+            name="hand-made snapshots",
+            rows=0,
+            users=150,
+            items=400,
+            first_date=date(2024, 3, 1),
+            last_date=TODAY,
+            partitions=0,
+            genres=[],
+            rating_min=1.0,
+            rating_max=5.0,
+        ),
+    )
     return settings, worlds.project_env(root)
 
 
@@ -61,8 +73,8 @@ def _task(env: dict[str, str], name: str, day: date, *extra: str):
     return worlds.run([sys.executable, RUN_TASK, name, day.isoformat(), *extra], env, check=False)
 
 
-def _watermarks(settings: Settings) -> dict:
-    return json.loads((settings.feast_dir / "watermarks.json").read_text())
+def _watermarks(settings: Settings) -> dict[str, datetime]:
+    return catalog.WATERMARKS.load(settings).root
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +101,13 @@ def test_materialize_killed_mid_write_recovers_on_retry(clean, tmp_path):
     assert partial != loaded_yesterday and partial != reference
     # ... and the watermark did not move, so the retry reloads today's window whole.
     assert _watermarks(settings) == marks_yesterday
-    assert not (settings.run_dir(TODAY) / "materialize.json").exists()
+    assert not catalog.MATERIALIZE.exists(settings, date=TODAY)
 
     retried = _task(env, "materialize", TODAY)
     assert retried.returncode == 0, retried.stderr[-3000:]
     assert worlds.online_rows(settings) == reference
     assert _watermarks(settings) == _watermarks(reference_settings)
-    end = datetime.fromisoformat(_watermarks(settings)[contracts.ITEM_VIEW])
+    end = _watermarks(settings)[contracts.ITEM_VIEW]
     assert end.date() == TODAY + timedelta(days=1)
 
 
@@ -109,5 +121,5 @@ def test_materializing_an_earlier_date_never_rolls_the_online_store_back(clean):
     assert done.returncode == 0, done.stderr[-3000:]
     assert worlds.online_rows(settings) == reference
     assert _watermarks(settings) == marks
-    window = json.loads((settings.run_dir(YESTERDAY) / "materialize.json").read_text())["window"]
-    assert window["skipped"] == "online store is newer"
+    window = catalog.MATERIALIZE.load(settings, date=YESTERDAY).window
+    assert window.skipped == "online store is newer" and window.start is None

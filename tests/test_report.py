@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.report import _feature_name, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DAY = date(2003, 2, 28)  # the full run's logical date
 DOCS = "/srv/gx/uncommitted/data_docs/local_site/index.html"
 SLICES = ["cold", "heavy", "genre:Drama"]
 FAILED_EXPECTATION = {
@@ -24,10 +25,6 @@ FAILED_EXPECTATION = {
     "unexpected_count": 12,
     "element_count": 500,
 }
-
-
-def _write(path: Path, payload: object) -> None:
-    path.write_text(json.dumps(payload, indent=2))
 
 
 def _validation(passed: bool) -> dict:
@@ -54,9 +51,10 @@ def _metrics(ndcg: float, map_: float, recall: float) -> dict:
 
 @pytest.fixture
 def full_run(tmp_path: Path) -> Path:
-    """A run directory with every output, from a real (tiny) xgboost ranker."""
-    run_dir = tmp_path / "runs" / "2003-02-28"
-    run_dir.mkdir(parents=True)
+    """A data directory whose run of ``DAY`` has every output, from a real (tiny) xgboost
+    ranker; the JSON artifacts are saved through the catalog, so they match its models."""
+    data_dir = tmp_path
+    catalog.CANDIDATE.path(data_dir, date=DAY).parent.mkdir(parents=True)  # the run directory
     rng = np.random.default_rng(0)
     n_queries, per_query = 40, 12
     n_features = len(contracts.MODEL_FEATURES)
@@ -67,12 +65,12 @@ def full_run(tmp_path: Path) -> Path:
     booster = xgb.train(
         {"objective": "rank:ndcg", "max_depth": 3, "eta": 0.3}, matrix, num_boost_round=8
     )
-    booster.save_model(run_dir / "candidate.ubj")
+    booster.save_model(catalog.CANDIDATE.path(data_dir, date=DAY))
 
     holdout = pd.DataFrame(x, columns=contracts.MODEL_FEATURES)
     holdout["label"] = labels.astype(float)
     holdout["query_id"] = qid
-    holdout.to_parquet(run_dir / "holdout.parquet", index=False)
+    holdout.to_parquet(catalog.HOLDOUT.path(data_dir, date=DAY), index=False)
 
     per_query_ndcg = pd.DataFrame(
         {
@@ -86,10 +84,10 @@ def full_run(tmp_path: Path) -> Path:
             "genre:Drama": np.arange(n_queries) % 2 == 0,
         }
     )
-    per_query_ndcg.to_parquet(run_dir / "per_query_ndcg.parquet", index=False)
+    per_query_ndcg.to_parquet(catalog.PER_QUERY.path(data_dir, date=DAY), index=False)
 
-    _write(
-        run_dir / "evaluation.json",
+    catalog.EVALUATION.save(
+        data_dir,
         {
             "metrics": {
                 "model": _metrics(0.6123, 0.5012, 0.7345),
@@ -100,9 +98,10 @@ def full_run(tmp_path: Path) -> Path:
             "production_tag": "content_ranker:champion01",
             "slices": SLICES,
         },
+        date=DAY,
     )
-    _write(
-        run_dir / "gate.json",
+    catalog.GATE.save(
+        data_dir,
         {
             "passed": False,
             "reason": "failed: no regression on slice cold ({...})",
@@ -142,10 +141,11 @@ def full_run(tmp_path: Path) -> Path:
                 },
             ],
         },
+        date=DAY,
     )
-    _write(run_dir / "validation.json", _validation(passed=True))
-    _write(run_dir / "timings.json", {"ingest": 0.5, "validate": 3.25, "train": 12.75})
-    return run_dir
+    catalog.VALIDATION.save(data_dir, _validation(passed=True), date=DAY)
+    catalog.TIMINGS.save(data_dir, {"ingest": 0.5, "validate": 3.25, "train": 12.75}, date=DAY)
+    return data_dir
 
 
 def _images(text: str) -> list[bytes]:
@@ -154,9 +154,9 @@ def _images(text: str) -> list[bytes]:
 
 
 def test_full_run_report_has_every_section(full_run: Path) -> None:
-    path = write_report(full_run)
+    path = write_report(full_run, DAY)
 
-    assert path == full_run / "report.html"
+    assert path == catalog.REPORT.path(full_run, date=DAY)
     text = path.read_text()
     for heading in (
         "Run report",
@@ -171,7 +171,7 @@ def test_full_run_report_has_every_section(full_run: Path) -> None:
     ):
         assert re.search(rf"<h[12]>{re.escape(heading)}", text), heading
     assert "2003-02-28" in text
-    assert "not promoted" not in text  # no promotion.json: the gate decision is shown
+    assert "not promoted" not in text  # no catalog.PROMOTION: the gate decision is shown
     assert "gate failed" in text
     for value in ("0.6123", "0.5012", "0.7345", "0.4211", "0.6001", "0.1987"):
         assert value in text
@@ -185,29 +185,29 @@ def test_full_run_report_has_every_section(full_run: Path) -> None:
 
 
 def test_rerun_overwrites_and_tolerates_a_missing_champion(full_run: Path) -> None:
-    evaluation = json.loads((full_run / "evaluation.json").read_text())
-    evaluation["metrics"]["production"] = None
-    evaluation["production_tag"] = None
-    _write(full_run / "evaluation.json", evaluation)
-    gate = json.loads((full_run / "gate.json").read_text())
-    gate["significance"] = None
-    _write(full_run / "gate.json", gate)
-    write_report(full_run)
+    evaluation = catalog.EVALUATION.load(full_run, date=DAY)
+    evaluation.metrics["production"] = None
+    evaluation.production_tag = None
+    catalog.EVALUATION.save(full_run, evaluation, date=DAY)
+    gate = catalog.GATE.load(full_run, date=DAY)
+    gate.significance = None
+    catalog.GATE.save(full_run, gate, date=DAY)
+    report = catalog.REPORT.path(full_run, date=DAY)
+    assert write_report(report.parent) == report  # given the run directory, as the CLI does
 
-    text = write_report(full_run).read_text()
+    text = write_report(full_run, DAY).read_text()
 
     assert "No champion yet" in text
     assert "significance was not tested" in text
-    assert not (full_run / "report.html.tmp").exists()
+    assert not list(report.parent.glob("*.tmp"))  # no temporary file left
 
 
 def test_failed_validation_run_still_renders(tmp_path: Path) -> None:
-    run_dir = tmp_path / "2003-03-01"
-    run_dir.mkdir()
-    _write(run_dir / "validation.json", _validation(passed=False))
-    _write(run_dir / "timings.json", {"ingest": 0.1, "validate": 2.0})
+    day = date(2003, 3, 1)
+    catalog.VALIDATION.save(tmp_path, _validation(passed=False), date=day)
+    catalog.TIMINGS.save(tmp_path, {"ingest": 0.1, "validate": 2.0}, date=day)
 
-    text = write_report(run_dir).read_text()
+    text = write_report(tmp_path, day).read_text()
 
     assert "2003-03-01" in text
     assert "validation failed" in text
@@ -218,7 +218,7 @@ def test_failed_validation_run_still_renders(tmp_path: Path) -> None:
 
 
 def test_report_renders_in_headless_chromium(full_run: Path, chromium_dom) -> None:
-    dom = chromium_dom(write_report(full_run))
+    dom = chromium_dom(write_report(full_run, DAY))
     assert "<title>Run report 2003-02-28</title>" in dom
     assert "Feature importance" in dom
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 
 pytestmark = pytest.mark.integration
 
@@ -52,23 +52,27 @@ def _snapshots(key: str, ids: list[int], features: list[str], rng) -> pd.DataFra
 
 def _write_world(settings) -> None:
     rng = np.random.default_rng(7)
-    for name, key, features, n in (
-        ("user_features", "user_id", contracts.USER_FEATURES, N_USERS),
-        ("item_features", "item_id", contracts.ITEM_FEATURES, N_ITEMS),
+    for kind, key, features, n in (
+        ("user", "user_id", contracts.USER_FEATURES, N_USERS),
+        ("item", "item_id", contracts.ITEM_FEATURES, N_ITEMS),
     ):
-        out = settings.offline_dir / name
+        out = catalog.FEATURE_TABLE.path(settings, kind=kind)
         out.mkdir(parents=True, exist_ok=True)
         _snapshots(key, list(range(1, n + 1)), features, rng).to_parquet(
             out / "part-0.parquet", index=False
         )
-    settings.ids_dir.mkdir(parents=True, exist_ok=True)
-    for name, prefix, n in (("users", "u", N_USERS + 1), ("items", "i", N_ITEMS)):
+    for entry, prefix, n in (
+        (catalog.USER_IDS, "u", N_USERS + 1),
+        (catalog.ITEM_IDS, "i", N_ITEMS),
+    ):
+        path = entry.path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(
             {
                 "external_id": [f"{prefix}{i}" for i in range(1, n + 1)],
                 "internal_id": pd.Series(range(1, n + 1), dtype="int64"),
             }
-        ).to_parquet(settings.ids_dir / f"{name}.parquet", index=False)
+        ).to_parquet(path, index=False)
 
 
 def _booster(seed: int):
@@ -252,14 +256,15 @@ def test_promote_and_rollback_keep_history(world):
     from pipelines import registry
 
     s = world.settings
-    assert registry.read_pointer(s)["tag"] == world.tag_a
+    assert registry.read_pointer(s).tag == world.tag_a
     try:
         pointer = registry.promote(world.tag_b, s, reason="better")
-        assert pointer["tag"] == world.tag_b
-        assert pointer["previous"][0] == world.tag_a
+        assert pointer.tag == world.tag_b
+        assert pointer.previous[0] == world.tag_a
+        assert registry.read_pointer(s) == pointer  # what promote returned is what it stored
         assert registry.production_tag(s) == world.tag_b
         assert registry.rollback(s) == world.tag_a
-        assert registry.read_pointer(s)["rolled_back_from"] == world.tag_b
+        assert registry.read_pointer(s).rolled_back_from == world.tag_b
         with pytest.raises(RuntimeError, match="no previous"):
             registry.rollback(s)
         with pytest.raises(Exception, match="(?i)not found"):
@@ -268,7 +273,7 @@ def test_promote_and_rollback_keep_history(world):
     finally:
         if registry.production_tag(s) != world.tag_a:
             registry.promote(world.tag_a, s, reason="restore")
-    assert not list(s.production_pointer.parent.glob("*.tmp"))
+    assert not list(catalog.PRODUCTION.path(s).parent.glob("*.tmp"))
 
 
 def test_model_info_has_lineage(world):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import contracts
+from pipelines import catalog, contracts
 from pipelines.config import Settings
 from pipelines.evaluation import per_query_metrics, summarise
 from pipelines.features import (
@@ -274,12 +274,13 @@ def test_a_run_starts_from_the_newest_state_before_its_date_and_drops_what_it_re
         return spark.createDataFrame(pd.DataFrame({"user_id": [1], "cnt": [float(n)]}))
 
     def kept(kind: str) -> list[date]:
-        root = settings.offline_dir / "feature_state" / kind
-        return sorted(date.fromisoformat(d.name[len("through=") :]) for d in root.iterdir())
+        paths = {catalog.FEATURE_STATE.path(settings, kind=kind, date=d): d for d in days}
+        root = next(iter(paths)).parent
+        return sorted(paths[p] for p in root.iterdir())  # KeyError: a folder of no day
 
     assert previous_state(spark, settings, days[-1]) is None  # no tables, no state
     for kind in ("user", "item"):
-        (settings.offline_dir / f"{kind}_features").mkdir(parents=True)
+        catalog.FEATURE_TABLE.path(settings, kind=kind).mkdir(parents=True)
         write_state(state(0), settings, kind, days[0], None)
         for before, day in zip(days, days[1:], strict=False):
             write_state(state(day.day), settings, kind, day, before)
@@ -297,7 +298,8 @@ def test_a_run_starts_from_the_newest_state_before_its_date_and_drops_what_it_re
     # Only dates both kinds share count.
     assert previous_state(spark, settings, days[-1]).through == days[-6]
     # A run killed while swapping months in left its staging folder: rebuild from scratch.
-    (settings.offline_dir / "item_features.staging").mkdir()
+    items = catalog.FEATURE_TABLE.path(settings, kind="item")
+    items.with_name(f"{items.name}.staging").mkdir()
     assert previous_state(spark, settings, days[-1]) is None
 
 
@@ -436,3 +438,36 @@ def test_no_query_group_is_split_on_the_way_into_xgboost(spark, partitions, work
         for q in set(part):
             assert owner.setdefault(q, idx) == idx, f"query {q} split across partitions"
     assert len(owner) == 120
+
+
+def test_truth_is_joined_to_the_holdout_keys_in_spark(spark, tmp_path) -> None:
+    """Evaluation gets the truth of its holdout rows only: none of another day or key."""
+    from pipelines import data
+
+    settings = Settings(data_dir=tmp_path)
+    path = catalog.TRUTH.path(catalog.dataset_dir(settings))
+    path.parent.mkdir(parents=True)
+    truth = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
+            "item_id": ["a", "b", "a", "a", "a", "a"],
+            "day": [100, 100, 100, 101, 100, 99],
+            "p_engage": [0.3, 0.9, 0.7, 0.5, 0.1, 0.2],
+        }
+    )
+    truth.to_parquet(path, index=False)
+    keys = pd.DataFrame(
+        {"user_id": ["u1", "u2", "u1"], "item_id": ["b", "a", "a"], "day": [100, 101, 99]}
+    )
+
+    got = data.holdout_truth(spark, settings, keys)
+
+    assert sorted(map(tuple, got.to_numpy().tolist())) == [
+        ("u1", "a", 99, 0.2),
+        ("u1", "b", 100, 0.9),
+        ("u2", "a", 101, 0.5),
+    ]
+    assert list(got.columns) == ["user_id", "item_id", "day", "p_engage"]
+    assert data.holdout_truth(spark, settings, keys.iloc[:0]).empty
+    path.unlink()
+    assert data.holdout_truth(spark, settings, keys) is None  # a data set without truth

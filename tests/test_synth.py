@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import filecmp
-import json
 import tracemalloc
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import catalog
 from pipelines.config import Settings
 from pipelines.data import bootstrap, read_generic, with_dataset_rating_range
 from pipelines.evaluation import per_query_metrics, summarise
@@ -26,7 +27,8 @@ from pipelines.synth import (
 )
 
 EVENTS = 30_000
-FILES = ("interactions.parquet", "items.parquet", "users.parquet", "synth.json")
+FRAMES = (catalog.INTERACTIONS, catalog.ITEMS, catalog.USERS)
+FILES = (*FRAMES, catalog.SYNTH_FACTS)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def impressions(feed: Path) -> pd.DataFrame:
-    frame = pd.read_parquet(feed / "interactions.parquet")
+    frame = pd.read_parquet(catalog.INTERACTIONS.path(feed))
     frame["day"] = frame["timestamp"] // DAY
     frame["query_id"] = frame["user_id"] + "@" + frame["day"].astype(str)
     return frame
@@ -46,22 +48,26 @@ def impressions(feed: Path) -> pd.DataFrame:
 
 def test_same_seed_gives_the_same_bytes(feed: Path, tmp_path: Path) -> None:
     generate(SynthConfig(events=EVENTS, seed=7), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # no temp file left
-    for name in FILES:
-        assert filecmp.cmp(feed / name, tmp_path / name, shallow=False), name
+    # no temp file left
+    assert sorted(tmp_path.iterdir()) == sorted(entry.path(tmp_path) for entry in FILES)
+    for entry in FILES:
+        assert filecmp.cmp(entry.path(feed), entry.path(tmp_path), shallow=False), entry.template
 
 
 def test_another_seed_gives_another_feed(feed: Path, tmp_path: Path) -> None:
     generate(SynthConfig(events=EVENTS, seed=8), tmp_path)
-    for name in ("interactions.parquet", "items.parquet", "users.parquet"):
-        assert not filecmp.cmp(feed / name, tmp_path / name, shallow=False), name
+    for entry in FRAMES:
+        assert not filecmp.cmp(entry.path(feed), entry.path(tmp_path), shallow=False), (
+            entry.template
+        )
 
 
 def test_generic_format_and_schema(feed: Path, impressions: pd.DataFrame) -> None:
     frames = read_generic(feed)
     inter = frames["interactions"]
     assert set(frames) == {"interactions", "items", "users"}
-    assert pq.read_schema(feed / "interactions.parquet").remove_metadata() == INTERACTIONS_SCHEMA
+    schema = pq.read_schema(catalog.INTERACTIONS.path(feed)).remove_metadata()
+    assert schema == INTERACTIONS_SCHEMA
     assert inter["user_id"].dtype == "string" and inter["item_id"].dtype == "string"
     assert inter["timestamp"].dtype == "int64" and inter["rating"].dtype == "float64"
     assert EVENTS * 0.98 <= len(inter) <= EVENTS  # short only where a session ran out of items
@@ -78,17 +84,17 @@ def test_generic_format_and_schema(feed: Path, impressions: pd.DataFrame) -> Non
     upload_year = pd.to_datetime(items["upload_ts"], unit="s", utc=True).dt.year
     assert (items["year"] == upload_year).all()
 
-    facts = json.loads((feed / "synth.json").read_text())
-    assert facts["first_date"] == "2026-01-02" and facts["last_date"] == "2026-06-30"
-    days = pd.to_datetime(inter["timestamp"], unit="s", utc=True).dt.date.astype(str)
-    assert days.min() == facts["first_date"] and days.max() == facts["last_date"]
+    facts = catalog.SYNTH_FACTS.load(feed)
+    assert facts.first_date == date(2026, 1, 2) and facts.last_date == date(2026, 6, 30)
+    days = pd.to_datetime(inter["timestamp"], unit="s", utc=True).dt.date
+    assert days.min() == facts.first_date and days.max() == facts.last_date
 
 
 def test_nobody_sees_an_item_before_its_upload_or_their_signup(
     feed: Path, impressions: pd.DataFrame
 ) -> None:
-    items = pd.read_parquet(feed / "items.parquet").set_index("item_id")
-    users = pd.read_parquet(feed / "users.parquet").set_index("user_id")
+    items = pd.read_parquet(catalog.ITEMS.path(feed)).set_index("item_id")
+    users = pd.read_parquet(catalog.USERS.path(feed)).set_index("user_id")
     ts = impressions["timestamp"].to_numpy()
     assert (ts > items.loc[impressions["item_id"], "upload_ts"].to_numpy()).all()
     assert (ts > users.loc[impressions["user_id"], "signup_ts"].to_numpy()).all()
@@ -163,7 +169,7 @@ def test_the_planted_signal_is_real_and_partly_learnable(
     holdout = impressions[impressions["day"] > last - 30].copy()
     holdout["random"] = np.random.default_rng(0).random(len(holdout))
     # The user's share of past impressions in the item's topics (the genre-affinity feature).
-    items = pd.read_parquet(feed / "items.parquet").set_index("item_id")
+    items = pd.read_parquet(catalog.ITEMS.path(feed)).set_index("item_id")
     topics = items["genres"].str.get_dummies("|").reindex(columns=list(TOPICS), fill_value=0)
     topics = topics.div(topics.sum(axis=1), axis=0)
     affinity = topics.loc[past["item_id"]].groupby(past["user_id"].to_numpy()).sum()
@@ -179,8 +185,8 @@ def test_the_planted_signal_is_real_and_partly_learnable(
 def test_chunk_size_changes_row_groups_not_content(feed: Path, tmp_path: Path) -> None:
     generate(SynthConfig(events=EVENTS, seed=7, chunk_rows=100), tmp_path)
     small, big = (
-        pq.ParquetFile(tmp_path / "interactions.parquet"),
-        pq.ParquetFile(feed / "interactions.parquet"),
+        pq.ParquetFile(catalog.INTERACTIONS.path(tmp_path)),
+        pq.ParquetFile(catalog.INTERACTIONS.path(feed)),
     )
     assert small.metadata.num_row_groups > 100 > big.metadata.num_row_groups
     assert small.read().equals(big.read())
@@ -208,10 +214,10 @@ def test_bootstrap_lands_daily_partitions_and_records_the_label_range(
 ) -> None:
     settings = Settings(data_dir=tmp_path, dataset=str(feed))
     facts = bootstrap(settings)
-    assert facts["rating_min"] == 0.0 and facts["rating_max"] == 3.0
-    assert facts["partitions"] == 180 and facts["last_date"] == "2026-06-30"
-    assert len(list(settings.landing_dir.glob("date=*/part.parquet"))) == 180
-    assert facts["genres"] and set(facts["genres"]) <= set(TOPICS)
+    assert facts.rating_min == 0.0 and facts.rating_max == 3.0
+    assert facts.partitions == 180 and facts.last_date == date(2026, 6, 30)
+    assert len(catalog.LANDING.dates(settings)) == 180
+    assert facts.genres and set(facts.genres) <= set(TOPICS)
 
     widened = with_dataset_rating_range(settings)
     assert (widened.rating_min, widened.rating_max) == (0.0, 5.0)
@@ -219,9 +225,22 @@ def test_bootstrap_lands_daily_partitions_and_records_the_label_range(
 
 def test_a_movielens_range_keeps_the_configured_bounds(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    assert with_dataset_rating_range(settings) is settings  # no dataset.json yet
-    settings.dataset_dir.mkdir(parents=True)
-    (settings.dataset_dir / "dataset.json").write_text('{"rating_min": 1.0, "rating_max": 5.0}')
+    assert with_dataset_rating_range(settings) is settings  # no dataset facts yet
+    catalog.DATASET_FACTS.save(
+        settings,
+        catalog.DatasetFacts(
+            name="ml-1m-like",
+            rows=3,
+            users=2,
+            items=2,
+            first_date=date(2000, 4, 25),
+            last_date=date(2000, 4, 26),
+            partitions=2,
+            genres=["Drama"],
+            rating_min=1.0,
+            rating_max=5.0,
+        ),
+    )
     kept = with_dataset_rating_range(settings)
     assert (kept.rating_min, kept.rating_max) == (0.5, 5.0)
 
@@ -232,9 +251,8 @@ def test_a_landed_synth_partition_passes_the_raw_contract(feed: Path, tmp_path: 
     from pipelines.validation import validate_interactions
 
     settings = Settings(data_dir=tmp_path, dataset=str(feed))
-    facts = bootstrap(settings)
-    day = pd.Timestamp(facts["last_date"]).date()
-    part = pd.read_parquet(settings.landing_dir / f"date={day}" / "part.parquet")
+    day = bootstrap(settings).last_date
+    part = pd.read_parquet(catalog.LANDING.path(settings, date=day))
     part = part.assign(partition_date=day.isoformat())
 
     def check(config: Settings) -> dict:
@@ -249,10 +267,12 @@ def test_bootstrap_writes_the_truth_of_the_sampled_users_and_only_with_p_engage(
 ) -> None:
     settings = Settings(data_dir=tmp_path, dataset=str(feed), sample_users=40)
     bootstrap(settings)
-    truth = pd.read_parquet(settings.dataset_dir / "truth.parquet")
-    sampled = pd.read_parquet(settings.dataset_dir / "interactions.parquet")
+    dataset = catalog.dataset_dir(settings)
+    truth = pd.read_parquet(catalog.TRUTH.path(dataset))
+    sampled = pd.read_parquet(catalog.INTERACTIONS.path(dataset))
 
     assert truth.columns.tolist() == ["user_id", "item_id", "day", "p_engage"]
+    assert tuple(truth.columns) == catalog.TRUTH.columns
     assert set(truth["user_id"]) == set(sampled["user_id"]) and sampled["user_id"].nunique() == 40
     keys = sampled.assign(day=sampled["timestamp"] // DAY)[["user_id", "item_id", "day"]]
     assert len(truth) == len(keys.drop_duplicates())
@@ -267,8 +287,8 @@ def test_bootstrap_writes_the_truth_of_the_sampled_users_and_only_with_p_engage(
     source = tmp_path / "ratings"
     source.mkdir()
     impressions[["user_id", "item_id", "rating", "timestamp"]].to_parquet(
-        source / "interactions.parquet"
+        catalog.INTERACTIONS.path(source)
     )
     bootstrap(Settings(data_dir=tmp_path, dataset=str(source), sample_users=40))
-    assert (settings.dataset_dir / "interactions.parquet").exists()
-    assert not (settings.dataset_dir / "truth.parquet").exists()
+    assert catalog.INTERACTIONS.exists(dataset)
+    assert not catalog.TRUTH.exists(dataset)

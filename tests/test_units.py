@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import contracts, ids
+from pipelines import catalog, contracts, ids
 from pipelines.evaluation import per_query_metrics, query_metrics, rank_order, summarise
 from pipelines.features import day_number
 from pipelines.ingest import days_to_ingest
@@ -218,7 +218,7 @@ def test_to_internal_unknown_is_na() -> None:
 
 
 def test_update_mapping_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "ids" / "users.parquet"
+    path = catalog.USER_IDS.path(tmp_path)
     ids.update_mapping(path, pd.Series(["u2", "u1"]))
     second = ids.update_mapping(path, pd.Series(["u3", "u1"]))
     # u1 = 1, u2 = 2 from the first call (sorted); u3 appended as 3.
@@ -226,7 +226,7 @@ def test_update_mapping_round_trip(tmp_path: Path) -> None:
     assert dict(zip(second["external_id"], second["internal_id"], strict=True)) == expected
     pd.testing.assert_frame_equal(ids.read_mapping(path), second, check_dtype=False)
     assert ids.load_id_map(path) == expected
-    assert not path.with_suffix(".tmp").exists()
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -399,11 +399,11 @@ def test_an_oracle_row_is_shown_and_not_gated() -> None:
     }
 
     decision = gate(metrics, tolerance=0.0)  # the oracle (0.1 here) is no bar for the model
-    table = metrics_table({"logical_date": "2026-06-30", "metrics": metrics})
+    table = metrics_table("2026-06-30", metrics)
 
     assert decision["passed"] is True and "oracle" not in decision["reason"]
     assert list(table.columns[0].cells) == ["production", "model", "popularity", "oracle"]
-    assert _rankers({"metrics": metrics}) == ["model", "popularity", "oracle"]
+    assert _rankers(metrics) == ["model", "popularity", "oracle"]
 
 
 # --------------------------------------------------------------------------- stage costs
@@ -452,33 +452,3 @@ def test_a_spark_worker_that_exits_keeps_the_cpu_it_used() -> None:
     assert seen > 0.1
     assert resources._cpu([proc], last) == seen  # gone: its last figure, not zero
     assert resources._cpu([proc]) == 0.0  # without the record it would drop out
-
-
-def test_truth_is_read_for_the_holdout_keys_only(tmp_path, monkeypatch) -> None:
-    """Evaluation reads the truth of its holdout rows, batch by batch, not the window's."""
-    from pipelines import data
-    from pipelines.config import Settings
-
-    settings = Settings(data_dir=tmp_path)
-    settings.dataset_dir.mkdir(parents=True)
-    truth = pd.DataFrame(
-        {
-            "user_id": ["u1", "u1", "u2", "u2", "u3", "u1"],
-            "item_id": ["a", "b", "a", "a", "a", "a"],
-            "day": [100, 100, 100, 101, 100, 99],
-            "p_engage": [0.3, 0.9, 0.7, 0.5, 0.1, 0.2],
-        }
-    )
-    truth.to_parquet(settings.dataset_dir / data.TRUTH_FILE, index=False)
-    monkeypatch.setattr(data, "TRUTH_BATCH_ROWS", 2)  # several batches
-    keys = pd.DataFrame(
-        {"user_id": ["u1", "u2", "u1"], "item_id": ["b", "a", "a"], "day": [100, 101, 99]}
-    )
-
-    got = data.load_truth(settings, 100, 101, keys)
-
-    assert sorted(map(tuple, got.to_numpy().tolist())) == [
-        ("u1", "b", 100, 0.9),
-        ("u2", "a", 101, 0.5),
-    ]
-    assert len(data.load_truth(settings, 100, 101)) == 5  # without keys: every row of the days

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines import catalog
 from pipelines.config import Settings
 from pipelines.contracts import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
 from pipelines.validation import (
@@ -145,7 +146,7 @@ def test_failure_message_names_every_failed_expectation(settings: Settings) -> N
 
 
 def test_quarantine_moves_the_partition(settings: Settings) -> None:
-    source = settings.raw_dir / f"date={DAY.isoformat()}" / "part.parquet"
+    source = catalog.LAKE.path(settings, date=DAY)
     source.parent.mkdir(parents=True)
     good_partition().to_parquet(source)
     payload = source.read_bytes()
@@ -153,23 +154,32 @@ def test_quarantine_moves_the_partition(settings: Settings) -> None:
 
     folder = quarantine_partition(source, DAY, result, settings)
 
-    assert folder == settings.quarantine_dir / "date=2025-01-02"
+    assert folder == catalog.QUARANTINE.path(settings, date=DAY).parent
     assert not source.exists()
-    assert (folder / "part.parquet").read_bytes() == payload
-    assert json.loads((folder / "validation.json").read_text()) == result
+    assert catalog.QUARANTINE.path(settings, date=DAY).read_bytes() == payload
+    assert catalog.QUARANTINE_VALIDATION.load(
+        settings, date=DAY
+    ) == catalog.ValidationResult.model_validate(result)
 
 
 def test_a_second_quarantine_of_a_date_keeps_the_first(settings: Settings) -> None:
-    source = settings.raw_dir / f"date={DAY.isoformat()}" / "part.parquet"
+    source = catalog.LAKE.path(settings, date=DAY)
     source.parent.mkdir(parents=True)
+    part = catalog.QUARANTINE.path(settings, date=DAY)
+    validation = catalog.QUARANTINE_VALIDATION.path(settings, date=DAY)
     for attempt, payload in enumerate((b"first", b"second", b"third"), start=1):
         source.write_bytes(payload)
-        folder = quarantine_partition(source, DAY, {"passed": False, "attempt": attempt}, settings)
-    assert (folder / "part.parquet").read_bytes() == b"third"
-    assert json.loads((folder / "validation.json").read_text())["attempt"] == 3
+        result = {"passed": False, "suites": {}, "rows": attempt}  # rows tell attempts apart
+        folder = quarantine_partition(source, DAY, result, settings)
+    assert part.read_bytes() == b"third"
+    assert catalog.QUARANTINE_VALIDATION.load(settings, date=DAY).rows == 3
     for n, payload in ((1, b"first"), (2, b"second")):
-        assert (folder / f"earlier-{n}" / "part.parquet").read_bytes() == payload
-        assert json.loads((folder / f"earlier-{n}" / "validation.json").read_text())["attempt"] == n
+        earlier = folder / f"earlier-{n}"
+        assert (earlier / part.name).read_bytes() == payload
+        kept = catalog.ValidationResult.model_validate_json(
+            (earlier / validation.name).read_bytes()
+        )
+        assert kept.rows == n
 
 
 def test_validating_twice_in_the_same_gx_dir(settings: Settings) -> None:

@@ -10,6 +10,7 @@ from contextlib import closing
 from datetime import date
 from pathlib import Path
 
+from pipelines import catalog
 from pipelines.config import PROJECT_ROOT, Settings
 
 BIN = Path(sys.executable).parent
@@ -121,8 +122,8 @@ def new_users_dataset(
         }
     )
     out.mkdir(parents=True, exist_ok=True)
-    interactions.to_parquet(out / "interactions.parquet", index=False)
-    catalogue.to_parquet(out / "items.parquet", index=False)
+    interactions.to_parquet(catalog.INTERACTIONS.path(out), index=False)
+    catalogue.to_parquet(catalog.ITEMS.path(out), index=False)
     days_seen = pd.to_datetime(interactions["timestamp"], unit="s", utc=True).dt.date
     return {
         "rows": len(interactions),
