@@ -4,8 +4,9 @@
   straightforward path; the baseline and the fallback).
 - ``FastReader``: item features (shared by every user) held in process memory as a
   numpy array, reloaded when a materialization finishes; the user's row read with
-  one indexed SELECT on Feast's SQLite table; the on-demand feature computed with the
-  same function Feast runs. No pandas, no protobuf per item on the hot path.
+  one indexed SELECT on Feast's SQLite table, or one HMGET on its Redis store; the
+  on-demand feature computed with the same function Feast runs. No pandas, no protobuf
+  per item on the hot path.
 
 Both enforce each view's TTL per request (Feast's online read does not: feast#6821):
 a value older than the TTL counts as missing and is reported as stale.
@@ -144,51 +145,28 @@ class SdkReader:
         return assemble(user, user_ts, items, item_ts, self.clock.now(), self.ttls)
 
 
-class FastReader:
-    """In-memory item table + one SQLite read for the user."""
+class _SqliteRows:
+    """Feast's SQLite online store: one table per view, a row per (entity, feature)."""
 
-    def __init__(self, store: Any, settings: Settings):
+    def __init__(self, store: Any):
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
+        version = store.config.entity_key_serialization_version
         self._key = lambda uid: serialize_entity_key(
-            EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=uid)]),
-            store.config.entity_key_serialization_version,
+            EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=uid)]), version
         )
-        self._value = Value
-        project = store.project
-        self.user_table = f"{project}_{contracts.USER_VIEW}"
-        self.item_table = f"{project}_{contracts.ITEM_VIEW}"
-        self.db_path = Path(store.config.online_store.path)
-        if not self.db_path.is_absolute():
-            self.db_path = Path(store.repo_path) / self.db_path
-        self.clock = Clock(settings)
-        self.ttls = view_ttls(store)
-        self.version_file = catalog.WATERMARKS.path(settings)
-        self._version: tuple | None = ()
+        self.user_table = f"{store.project}_{contracts.USER_VIEW}"
+        self.item_table = f"{store.project}_{contracts.ITEM_VIEW}"
+        path = Path(store.config.online_store.path)
+        if not path.is_absolute():
+            path = Path(store.repo_path) / path
+        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._user_col = {f: i for i, f in enumerate(contracts.USER_FEATURES)}
         self._item_col = {f: i for i, f in enumerate(contracts.ITEM_FEATURES)}
-        self._conn = sqlite3.connect(
-            f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False
-        )
-        self.items = np.full((1, N_ITEM), np.nan, dtype=np.float32)
-        self.item_ts = np.zeros(1)
-        self.refresh()
 
-    def _decode(self, blob: bytes) -> float:
-        if len(blob) == 5 and blob[0] == 0x35:  # ValueProto float_val: tag 6, fixed32
-            return float(np.frombuffer(blob, dtype="<f4", offset=1)[0])
-        value = self._value()
-        value.ParseFromString(blob)
-        kind = value.WhichOneof("val")
-        return float(getattr(value, kind)) if kind else float("nan")
-
-    def refresh(self) -> bool:
-        """Reload the item table if a materialization finished since the last load."""
-        version = stat_key(self.version_file)
-        if version == self._version:
-            return False
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
         from feast.infra.key_encoding_utils import deserialize_entity_key
 
         rows = self._conn.execute(
@@ -205,24 +183,139 @@ class FastReader:
             col = self._item_col.get(name)
             if col is not None and blob is not None:
                 row = key_ids[key]
-                items[row, col] = self._decode(blob)
+                items[row, col] = decode_value(blob)
                 item_ts[row] = _ts_seconds(ts)
+        return items, item_ts
+
+    def user(self, user_id: int) -> tuple[np.ndarray, float]:
+        user = np.full(N_USER, np.nan, dtype=np.float32)
+        user_ts = 0.0
+        for name, blob, ts in self._conn.execute(
+            f'SELECT feature_name, value, event_ts FROM "{self.user_table}" WHERE entity_key = ?',
+            (self._key(user_id),),
+        ):
+            col = self._user_col.get(name)
+            if col is not None and blob is not None:
+                user[col] = decode_value(blob)
+                user_ts = _ts_seconds(ts)
+        return user, user_ts
+
+
+class _RedisHashes:
+    """Feast's Redis online store: a hash per entity key (the serialized key, then the
+    project), a field per feature (murmur3 of ``view:feature``) and ``_ts:view``; read
+    with one HMGET for the user, and in pipelined chunks for every known item."""
+
+    CHUNK = 2_000
+
+    def __init__(self, store: Any, settings: Settings):
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.infra.online_stores.helpers import _mmh3
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        version = store.config.entity_key_serialization_version
+        project = store.project.encode()
+
+        def key(join_key: str, entity_id: int) -> bytes:
+            entity = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=entity_id)])
+            return serialize_entity_key(entity, version) + project
+
+        def fields(view: str, features: list[str]) -> list[bytes]:
+            return [_mmh3(f"{view}:{f}") for f in features] + [f"_ts:{view}".encode()]
+
+        self._key = key
+        self._user_fields = fields(contracts.USER_VIEW, contracts.USER_FEATURES)
+        self._item_fields = fields(contracts.ITEM_VIEW, contracts.ITEM_FEATURES)
+        self._client = RedisOnlineStore()._get_client(store.config.online_store)
+        self._item_ids = catalog.ITEM_IDS.path(settings)
+
+    def _row(self, values: list, width: int) -> tuple[np.ndarray, float]:
+        row = np.full(width, np.nan, dtype=np.float32)
+        for col, blob in enumerate(values[:width]):
+            if blob is not None:
+                row[col] = decode_value(blob)
+        return row, (_proto_ts_seconds(values[width]) if values[width] is not None else 0.0)
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        import pyarrow.parquet as pq
+
+        known = pq.read_table(self._item_ids, columns=["internal_id"])["internal_id"]
+        size = (int(max(known.to_pylist(), default=-1)) + 1) or 1
+        items = np.full((size, N_ITEM), np.nan, dtype=np.float32)
+        item_ts = np.zeros(size)
+        for start in range(0, size, self.CHUNK):
+            ids = range(start, min(start + self.CHUNK, size))
+            pipe = self._client.pipeline(transaction=False)
+            for item_id in ids:
+                pipe.hmget(self._key("item_id", item_id), self._item_fields)
+            for item_id, values in zip(ids, pipe.execute(), strict=True):
+                items[item_id], item_ts[item_id] = self._row(values, N_ITEM)
+        return items, item_ts
+
+    def user(self, user_id: int) -> tuple[np.ndarray, float]:
+        return self._row(
+            self._client.hmget(self._key("user_id", user_id), self._user_fields), N_USER
+        )
+
+
+def decode_value(blob: bytes) -> float:
+    """A feature value as Feast stores it online (a serialized ``ValueProto``)."""
+    if len(blob) == 5 and blob[0] == 0x35:  # ValueProto float_val: tag 6, fixed32
+        return float(np.frombuffer(blob, dtype="<f4", offset=1)[0])
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    value = Value()
+    value.ParseFromString(blob)
+    kind = value.WhichOneof("val")
+    return float(getattr(value, kind)) if kind else float("nan")
+
+
+def _proto_ts_seconds(blob: bytes) -> float:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.ParseFromString(blob)
+    return ts.seconds + ts.nanos / 1e9
+
+
+class FastReader:
+    """Item features in memory, reloaded when a materialization finishes, and one read of
+    the user's row per request: an indexed SELECT on Feast's SQLite store, or an HMGET on
+    its Redis store, whichever ``feature_store.yaml`` configures."""
+
+    def __init__(self, store: Any, settings: Settings):
+        kind = store.config.online_store.type
+        if kind == "sqlite":
+            self.rows: _SqliteRows | _RedisHashes = _SqliteRows(store)
+        elif kind == "redis":
+            self.rows = _RedisHashes(store, settings)
+        else:
+            raise ValueError(f"the fast path reads SQLite or Redis, not a {kind!r} online store")
+        self.clock = Clock(settings)
+        self.ttls = view_ttls(store)
+        self.version_file = catalog.WATERMARKS.path(settings)
+        self._version: tuple | None = ()
+        self.items = np.full((1, N_ITEM), np.nan, dtype=np.float32)
+        self.item_ts = np.zeros(1)
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Reload the item table if a materialization finished since the last load."""
+        version = stat_key(self.version_file)
+        if version == self._version:
+            return False
+        items, item_ts = self.rows.items()
         self.items, self.item_ts, self._version = items, item_ts, version  # swapped together
         return True
 
     def read(self, user_id: int | None, item_ids: list[int]) -> FeatureBatch:
         self.refresh()
-        user = np.full(N_USER, np.nan, dtype=np.float32)
-        user_ts = 0.0
-        if user_id is not None:
-            for name, blob, ts in self._conn.execute(
-                f'SELECT feature_name, value, event_ts FROM "{self.user_table}" WHERE entity_key = ?',
-                (self._key(user_id),),
-            ):
-                col = self._user_col.get(name)
-                if col is not None and blob is not None:
-                    user[col] = self._decode(blob)
-                    user_ts = _ts_seconds(ts)
+        if user_id is None:
+            user, user_ts = np.full(N_USER, np.nan, dtype=np.float32), 0.0
+        else:
+            user, user_ts = self.rows.user(user_id)
         items, item_ts = self.items, self.item_ts
         idx = np.asarray(item_ids, dtype=np.int64)
         inside = idx < len(items)
