@@ -4,7 +4,12 @@ SHELL := /bin/bash
 
 DATASET ?= ml-1m
 export CR_DATASET := $(DATASET)
-export CR_DATA_DIR ?= $(CURDIR)/.data
+# The environment: infra/$(INFRA)/settings.env is read here and exported to every command.
+# local = Spark local[2], SQLite, `airflow dags test`; cluster = see "Running on a cluster".
+INFRA ?= local
+include infra/$(INFRA)/settings.env
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' infra/$(INFRA)/settings.env)
+export CR_DATA_DIR ?= $(CURDIR)/$(if $(filter local,$(INFRA)),.data,.data-$(INFRA))
 export AIRFLOW_HOME ?= $(CR_DATA_DIR)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -27,7 +32,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth clean
+.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -47,12 +52,36 @@ bootstrap: install
 # One DAG run through Airflow, for the last landed day. Airflow calls a run that
 # executed no task a success, so `check-run` then demands this run's summary and timings.
 dag: airflow-db
+ifeq ($(DAG_RUNNER),scheduler)
+	@day="$$($(CLI) last-date)" && since="$$(date +%s)" && run_id="make__$${day}__$$since" && \
+	set -x && $(CLI) trigger-run "$$day" --run-id "$$run_id" && \
+	$(CLI) check-run "$$day" --since "$$since" --run-id "$$run_id"
+else
 	@day="$$($(CLI) last-date)" && since="$$(date +%s)" && set -x && \
 	$(RUN) airflow dags test ranker_training "$$day" && \
 	$(CLI) check-run "$$day" --since "$$since"
+endif
 
-run: bootstrap dag
+run: $(if $(filter cluster,$(INFRA)),cluster-up) bootstrap dag
 	$(CLI) demo
+
+# The cluster profile's processes (infra/cluster): a Spark standalone master and 2 workers,
+# then Airflow's api-server, scheduler, dag-processor and a Celery worker. Idempotent.
+cluster-up: install
+	@$(MAKE) --no-print-directory INFRA=cluster _cluster-up
+_cluster-up:
+	@mkdir -p "$(CR_DATA_DIR)/cluster" "$(AIRFLOW_HOME)"
+	@test -f "$(CR_DATA_DIR)/cluster/secrets.env" || \
+	  echo "AIRFLOW__API_AUTH__JWT_SECRET=$$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
+	  > "$(CR_DATA_DIR)/cluster/secrets.env"
+	bash infra/cluster/spark.sh up
+	set -a && source "$(CR_DATA_DIR)/cluster/secrets.env" && set +a && bash infra/cluster/airflow.sh up
+
+cluster-down:
+	@$(MAKE) --no-print-directory INFRA=cluster _cluster-down
+_cluster-down:
+	bash infra/cluster/airflow.sh down
+	bash infra/cluster/spark.sh down
 
 serve: install
 	$(RUN) bentoml serve serving.service:Ranker --host 127.0.0.1 --port 3000

@@ -100,6 +100,45 @@ def check_run(
     console.print(f"run {day} ({run_name}) ran {len(timings)} stages: {ran}")
 
 
+@app.command("trigger-run")
+def trigger_run(
+    day: str = typer.Argument(..., help="The run's logical date, YYYY-MM-DD."),
+    run_id: str = typer.Option(..., help="The DAG run's id."),
+    api: str = typer.Option("http://127.0.0.1:8080", envvar="CR_AIRFLOW_API"),
+    timeout_s: float = typer.Option(3600, help="Give up after this long."),
+) -> None:
+    """Have Airflow's scheduler run ``ranker_training`` for DAY (its executor runs the
+    tasks), through the api-server's REST API, and wait for the run to end."""
+    import time
+
+    import httpx
+
+    dag = f"{api}/api/v2/dags/ranker_training"
+    with httpx.Client(timeout=30) as http:
+        http.patch(dag, json={"is_paused": False}).raise_for_status()
+        created = http.post(
+            f"{dag}/dagRuns",
+            json={"dag_run_id": run_id, "logical_date": f"{catalog.as_date(day)}T00:00:00Z"},
+        )
+        if created.status_code >= 400:
+            console.print(f"[bold red]Airflow refused the run[/]: {created.text}")
+            raise typer.Exit(1)
+        deadline, state = time.monotonic() + timeout_s, "queued"
+        with console.status(f"run {run_id} ...") as status:
+            while state not in ("success", "failed") and time.monotonic() < deadline:
+                time.sleep(5)
+                state = http.get(f"{dag}/dagRuns/{run_id}").json()["state"]
+                tasks = http.get(f"{dag}/dagRuns/{run_id}/taskInstances").json()
+                done = sum(t["state"] == "success" for t in tasks["task_instances"])
+                status.update(f"run {run_id}: {state}, {done}/{tasks['total_entries']} tasks")
+        tasks = http.get(f"{dag}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    for task in sorted(tasks, key=lambda t: t["start_date"] or ""):
+        console.print(f"  {task['task_id']}: {task['state']} (try {task['try_number']})")
+    if state != "success":
+        console.print(f"[bold red]run {run_id} ended {state}[/]")
+        raise typer.Exit(1)
+
+
 def metrics_table(
     logical_date: date | str, metrics: dict[str, dict[str, float] | None] | None
 ) -> Table:

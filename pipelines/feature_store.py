@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipelines import catalog, contracts
-from pipelines.config import Settings
+from pipelines.config import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> FeatureStore:
-    """A FeatureStore on the repo in ``settings.feature_repo``."""
+    """A FeatureStore on the repo in ``settings.feature_repo``, configured by the
+    environment's ``feature_store.yaml``."""
     from feast import FeatureStore
 
     settings.export_env()
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(settings.feature_repo))
+    config = settings.feature_store_yaml
+    if config is not None and not config.is_absolute():
+        config = PROJECT_ROOT / config  # as infra/<env>/settings.env names it
+    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=config)
 
 
 def repo_objects() -> list:

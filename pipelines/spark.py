@@ -28,8 +28,9 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", settings.spark_driver_bind_address)
+        .config("spark.driver.host", settings.spark_driver_host)
+        .config("spark.executor.memory", settings.spark_executor_memory)
         .getOrCreate()
     )
 

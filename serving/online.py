@@ -15,6 +15,7 @@ a value older than the TTL counts as missing and is reported as stale.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -26,6 +27,8 @@ import numpy as np
 
 from pipelines import catalog, contracts
 from pipelines.config import Settings
+
+log = logging.getLogger(__name__)
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
@@ -45,6 +48,7 @@ class FeatureBatch:
     user_stale: bool  # the user's row exists but is older than the view's TTL
     item_stale: np.ndarray  # bool [n]
     now: float = 0.0  # the feature time the TTLs were checked at
+    store_unavailable: bool = False  # the online store did not answer: no user features
 
     @property
     def popularity(self) -> np.ndarray:
@@ -165,6 +169,7 @@ class _SqliteRows:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         self._user_col = {f: i for i, f in enumerate(contracts.USER_FEATURES)}
         self._item_col = {f: i for i, f in enumerate(contracts.ITEM_FEATURES)}
+        self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         from feast.infra.key_encoding_utils import deserialize_entity_key
@@ -214,6 +219,9 @@ class _RedisHashes:
         from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+        from redis.retry import Retry
 
         version = store.config.entity_key_serialization_version
         project = store.project.encode()
@@ -228,8 +236,14 @@ class _RedisHashes:
         self._key = key
         self._user_fields = fields(contracts.USER_VIEW, contracts.USER_FEATURES)
         self._item_fields = fields(contracts.ITEM_VIEW, contracts.ITEM_FEATURES)
+        # Bound every call by the connection string's socket_timeout (infra/cluster sets
+        # 0.1 s): a request must never wait on a dead store.
         self._client = RedisOnlineStore()._get_client(store.config.online_store)
+        # and by one try: redis-py retries 3 times with backoff (7.7 s on a hung store); the
+        # next request is the retry.
+        self._client.set_retry(Retry(NoBackoff(), 0))
         self._item_ids = catalog.ITEM_IDS.path(settings)
+        self.errors: tuple[type[Exception], ...] = (RedisError, OSError)
 
     def _row(self, values: list, width: int) -> tuple[np.ndarray, float]:
         row = np.full(width, np.nan, dtype=np.float32)
@@ -297,25 +311,38 @@ class FastReader:
         self.ttls = view_ttls(store)
         self.version_file = catalog.WATERMARKS.path(settings)
         self._version: tuple | None = ()
+        self._down = False
         self.items = np.full((1, N_ITEM), np.nan, dtype=np.float32)
         self.item_ts = np.zeros(1)
         self.refresh()
 
     def refresh(self) -> bool:
-        """Reload the item table if a materialization finished since the last load."""
+        """Reload the item table if a materialization finished since the last load. With
+        the store down, the table in memory stays and the next request tries again."""
         version = stat_key(self.version_file)
         if version == self._version:
             return False
-        items, item_ts = self.rows.items()
+        try:
+            items, item_ts = self.rows.items()
+        except self.rows.errors as exc:
+            log.warning("online store unavailable, keeping the item features in memory: %s", exc)
+            return False
         self.items, self.item_ts, self._version = items, item_ts, version  # swapped together
         return True
 
     def read(self, user_id: int | None, item_ids: list[int]) -> FeatureBatch:
         self.refresh()
-        if user_id is None:
-            user, user_ts = np.full(N_USER, np.nan, dtype=np.float32), 0.0
-        else:
-            user, user_ts = self.rows.user(user_id)
+        user, user_ts, unavailable = np.full(N_USER, np.nan, dtype=np.float32), 0.0, False
+        if user_id is not None:
+            try:
+                user, user_ts = self.rows.user(user_id)
+            except self.rows.errors as exc:  # popularity from memory, flagged; never a 500
+                unavailable = True
+                if not self._down:
+                    log.warning("online store unavailable, serving popularity: %s", exc)
+            if self._down and not unavailable:
+                log.warning("online store back")
+            self._down = unavailable
         items, item_ts = self.items, self.item_ts
         idx = np.asarray(item_ids, dtype=np.int64)
         inside = idx < len(items)
@@ -323,7 +350,9 @@ class FastReader:
         rows[inside] = items[idx[inside]]
         ts = np.zeros(len(idx))
         ts[inside] = item_ts[idx[inside]]
-        return assemble(user, user_ts, rows, ts, self.clock.now(), self.ttls)
+        batch = assemble(user, user_ts, rows, ts, self.clock.now(), self.ttls)
+        batch.store_unavailable = unavailable
+        return batch
 
 
 def _ts_seconds(ts: Any) -> float:

@@ -57,7 +57,15 @@ class RankResponse(BaseModel):
     model_version: str = Field(description="The BentoML tag of the model that scored.")
     items: list[ScoredItem] = Field(description="Known items, best first, at most k.")
     unknown_item_ids: list[str] = Field(description="Requested items with no internal id.")
-    fallback: bool = Field(description="True when the user is unknown: scored by popularity.")
+    fallback: bool = Field(
+        description="True when the user is unknown, or the online store could not be read: "
+        "scored by popularity."
+    )
+    online_store_unavailable: bool = Field(
+        default=False,
+        description="The online store did not answer: popularity from the item features "
+        "held in memory, no user features.",
+    )
     stale_user: bool = Field(
         default=False,
         description="The user's features were older than their TTL: scored as missing.",
@@ -283,6 +291,8 @@ class Ranker:
         batch = self.reader.read(internal_user, internal_items)
         read_done = time.perf_counter()
 
+        if batch.store_unavailable:
+            OUTCOMES.labels(outcome="store_unavailable", model_version=tag).inc()
         if internal_user is None or not (batch.user_found or batch.user_stale):
             scores, fallback = batch.popularity, True
         else:
@@ -306,6 +316,7 @@ class Ranker:
             items=[ScoredItem(item_id=known[i], score=float(scores[i])) for i in order],
             unknown_item_ids=unknown,
             fallback=fallback,
+            online_store_unavailable=batch.store_unavailable,
             stale_user=batch.user_stale,
             stale_item_ids=[known[i] for i in np.flatnonzero(batch.item_stale)],
         )
