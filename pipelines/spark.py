@@ -31,6 +31,11 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.driver.bindAddress", settings.spark_driver_bind_address)
         .config("spark.driver.host", settings.spark_driver_host)
         .config("spark.executor.memory", settings.spark_executor_memory)
+        # XGBoost trains in a barrier stage, which needs all its slots at once. With an
+        # executor lost, Spark waits for slots 40 x 15 s by default; fail the try after
+        # ~30 s instead, and let Airflow's retry run on the recovered cluster.
+        .config("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "10s")
+        .config("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures", "3")
         .getOrCreate()
     )
 

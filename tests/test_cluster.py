@@ -57,7 +57,7 @@ def _job(cluster_dir: Path) -> subprocess.Popen:
         [sys.executable, str(PROJECT_ROOT / "tests" / "cluster_job.py"), MASTER],
         env=_env(cluster_dir),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # XGBoost logs its start on stdout, Spark on stderr
         text=True,
     )
 
@@ -68,8 +68,8 @@ def _facts(stdout: str) -> dict:
 
 def test_the_ranker_trains_on_the_standalone_cluster(cluster):
     job = _job(cluster)
-    out, err = job.communicate(timeout=600)
-    assert job.returncode == 0, err[-3000:]
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, out[-3000:]
     facts = _facts(out)
     assert facts["master"] == MASTER
     assert facts["executors"] == 2  # one per worker: the training ran on the cluster
@@ -84,22 +84,22 @@ def test_a_worker_killed_during_training_fails_the_try_and_the_retry_succeeds(cl
     job = _job(cluster)
     log = []
     deadline = time.monotonic() + 300
-    for line in job.stderr:  # wait until XGBoost is fitting on the executors
+    for line in job.stdout:  # wait until XGBoost is fitting on the executors
         log.append(line)
         if "Running xgboost" in line or time.monotonic() > deadline:
             break
     assert any("Running xgboost" in line for line in log), "".join(log)[-3000:]
     worker = cluster / "spark-worker-1.pid"
     os.kill(int(worker.read_text()), signal.SIGKILL)
-    out, err = job.communicate(timeout=600)
+    out, _ = job.communicate(timeout=600)
     killed = job.returncode
 
     up = _cluster(cluster, "up")  # restarts the dead worker
     assert up.returncode == 0, up.stdout + up.stderr
     retry = _job(cluster)
-    retry_out, retry_err = retry.communicate(timeout=600)
+    retry_out, _ = retry.communicate(timeout=600)
 
-    assert retry.returncode == 0, retry_err[-3000:]
+    assert retry.returncode == 0, retry_out[-3000:]
     assert _facts(retry_out)["trees"] == 20
     if killed == 0:  # Spark recovered within the try: then it must have trained fully
         assert _facts(out)["trees"] == 20
