@@ -67,8 +67,12 @@ run: $(if $(filter cluster,$(INFRA)),cluster-up) bootstrap dag
 
 # The cluster profile's processes (infra/cluster): a Spark standalone master and 2 workers,
 # then Airflow's api-server, scheduler, dag-processor and a Celery worker. Idempotent.
+# Run with the cluster's settings and data directory, whatever INFRA this make has.
+CLUSTER_DATA_DIR = $(if $(filter cluster,$(INFRA)),$(CR_DATA_DIR),$(CURDIR)/.data-cluster)
+CLUSTER_MAKE = $(MAKE) --no-print-directory INFRA=cluster CR_DATA_DIR=$(CLUSTER_DATA_DIR) \
+	AIRFLOW_HOME=$(CLUSTER_DATA_DIR)/airflow BENTOML_HOME=$(CLUSTER_DATA_DIR)/bentoml
 cluster-up: install
-	@$(MAKE) --no-print-directory INFRA=cluster _cluster-up
+	@$(CLUSTER_MAKE) _cluster-up
 _cluster-up:
 	@mkdir -p "$(CR_DATA_DIR)/cluster" "$(AIRFLOW_HOME)"
 	@test -f "$(CR_DATA_DIR)/cluster/secrets.env" || \
@@ -78,7 +82,7 @@ _cluster-up:
 	set -a && source "$(CR_DATA_DIR)/cluster/secrets.env" && set +a && bash infra/cluster/airflow.sh up
 
 cluster-down:
-	@$(MAKE) --no-print-directory INFRA=cluster _cluster-down
+	@$(CLUSTER_MAKE) _cluster-down
 _cluster-down:
 	bash infra/cluster/airflow.sh down
 	bash infra/cluster/spark.sh down

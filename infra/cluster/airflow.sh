@@ -39,16 +39,18 @@ stop() {  # a process and everything it started (gunicorn/uvicorn workers, celer
 case "$ACTION" in
 up)
     mkdir -p "$CLUSTER_DIR/logs" "$AIRFLOW_HOME"
-    # The metadata database, created once; its name is the one in the connection URL.
-    db="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN##*/}"
-    "$ROOT/.venv/bin/python" - "$PG" "$db" <<'PY'
+    # The profile's Postgres databases (Airflow's metadata, Feast's registry), created once;
+    # their names are the last part of the connection URLs.
+    "$ROOT/.venv/bin/python" - "$PG" "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN##*/}" \
+        "${CR_FEAST_REGISTRY_URL##*/}" <<'PY'
 import sys
 
 import psycopg
 
 with psycopg.connect(sys.argv[1], autocommit=True) as admin:
-    if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (sys.argv[2],)).fetchone():
-        admin.execute(f'CREATE DATABASE "{sys.argv[2]}"')
+    for name in sys.argv[2:]:
+        if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            admin.execute(f'CREATE DATABASE "{name}"')
 PY
     "$AIRFLOW" db migrate > "$CLUSTER_DIR/logs/migrate.log" 2>&1 \
         || { tail -20 "$CLUSTER_DIR/logs/migrate.log" >&2; exit 1; }
