@@ -154,7 +154,7 @@ def metrics_table(
         table.add_row(
             name,
             *(f"{values[c]:.4f}" for c in ("ndcg@10", "map@10", "recall@10")),
-            f"{values['queries']:.0f}",  # a count, though the catalog's model reads a float
+            f"{values['queries']:.0f}",  # a count
         )
     return table
 
