@@ -187,6 +187,7 @@ def test_rank_all_items_unknown(client, world):
         "items": [],
         "unknown_item_ids": ["x", "y"],
         "fallback": False,
+        "online_store_unavailable": False,
         "stale_user": False,
         "stale_item_ids": [],
     }
