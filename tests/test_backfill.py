@@ -1,9 +1,9 @@
-"""A two-day Airflow 3 backfill run by a real scheduler, with a training task killed mid-fit.
+"""A three-day Airflow 3 backfill run by a real scheduler, with a training task killed mid-fit.
 
 The world is a 160-user slice of MovieLens-1M. One ``airflow dags test`` run ingests
 the history up to the day before the backfill and promotes a first model. Then a real
 api-server, scheduler (LocalExecutor) and dag-processor run
-``airflow backfill create`` over the next two landed days. While the first day's
+``airflow backfill create`` over the next three landed days. While one day's
 ``train`` task is inside ``SparkXGBRanker.fit``, the test SIGKILLs the task's
 process, as the OOM killer or a lost node would. Airflow marks the try failed and
 retries it, and every day must end green, each day's outputs keyed by its
@@ -35,8 +35,11 @@ from pipelines.config import Settings
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "ranker_training"
-BACKFILL_DAYS = 2  # whole DAG runs (~3-4 min each, a JVM per task): the killed day, one after
-KILLED_DAY = 0  # index into the backfilled days of the day whose train task is killed
+# Whole DAG runs (~3-4 min each, a JVM per task): a day before the kill, and one after. With
+# two, no later day may be promoted, and the re-run of the first day then never meets a newer
+# production model (the freshness check the last test is about): seen in a fresh-clone run.
+BACKFILL_DAYS = 3
+KILLED_DAY = 1  # index into the backfilled days of the day whose train task is killed
 KILL_WHEN = "Running xgboost"  # xgboost.spark logs this as fit's Spark job starts
 BACKFILL_TIMEOUT_S = 45 * 60
 
