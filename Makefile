@@ -32,7 +32,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth clean
+.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth feast clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -99,6 +99,13 @@ backfill: airflow-db
 	@test -n "$(FROM)" -a -n "$(TO)" || (echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2)
 	$(RUN) airflow backfill create --dag-id ranker_training --from-date $(FROM) --to-date $(TO) --max-active-runs 1
 	$(RUN) airflow dags unpause ranker_training
+
+# The feast CLI on this environment's Feast store: `make feast` (plan), `make feast ARGS=apply`,
+# `make feast INFRA=cluster ARGS="ui -h 127.0.0.1"`. The repo reads no settings; the yaml does.
+ARGS ?= plan
+feast: install
+	@mkdir -p "$(CR_DATA_DIR)/feast"
+	$(RUN) feast -c features -f $(or $(CR_FEATURE_STORE_YAML),features/feature_store.yaml) $(ARGS)
 
 rollback: install
 	$(CLI) rollback

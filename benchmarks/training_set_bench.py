@@ -67,8 +67,6 @@ def unpartitioned_store(spark, root: Path) -> Iterator[Any]:
     each, as the old path had them. Feast's Dask store plans a task per file of a table
     partitioned by snapshot date, and on ML-1M's thousand days that alone ran for more
     than 10 minutes: the baseline is the old path as it was, not made slower."""
-    import sys
-
     from pipelines import feature_store
     from pipelines.features import SNAPSHOT_PARTITION
 
@@ -77,24 +75,14 @@ def unpartitioned_store(spark, root: Path) -> Iterator[Any]:
         source = catalog.FEATURE_TABLE.path(settings, kind=kind)
         table = spark.read.parquet(str(source)).drop(SNAPSHOT_PARTITION)
         table.coalesce(1).write.parquet(str(catalog.FEATURE_TABLE.path(root, kind=kind)))
-    saved = os.environ.get("CR_DATA_DIR")
-
-    def reload(data_dir: str | None) -> None:
-        if data_dir is None:
-            os.environ.pop("CR_DATA_DIR", None)
-        else:
-            os.environ["CR_DATA_DIR"] = data_dir
-        get_settings.cache_clear()  # features/ reads the offline folder from settings
-        for module in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
-            del sys.modules[module]
-
-    reload(str(root))
+    # The repo's sources are relative to the data directory, so a store opened on ``root``
+    # reads the copies (its registry and online store are under ``root`` too, locally).
+    moved = settings.model_copy(update={"data_dir": root})
     try:
-        moved = get_settings()
         feature_store.apply(moved)
         yield moved
     finally:
-        reload(saved)
+        settings.export_env()  # open_store exported the moved data directory
 
 
 def feast_file_store(settings, entity_df: pd.DataFrame, chunk_rows: int = 20_000) -> pd.DataFrame:

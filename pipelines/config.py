@@ -57,7 +57,6 @@ class Settings(BaseSettings):
 
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
-    feature_ttl_days: int = 365
     # materialize streams the newest rows to the online store in batches of this many
     online_write_batch_rows: int = 50_000
 

@@ -7,6 +7,8 @@ cannot drift apart.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 
@@ -48,6 +50,10 @@ USER_VIEW = "user_activity_fv"
 ITEM_VIEW = "item_stats_fv"
 ODFV = "user_item_match_odfv"
 FEATURE_SERVICE = "ranker_v1"
+# The TTL of both feature views: a snapshot older than this at the query time counts as
+# missing. Part of the repo's definitions (the same in every environment); training,
+# serving and the skew check read it from Feast's registry.
+FEATURE_TTL = timedelta(days=365)
 
 # The model's input columns, in order.
 MODEL_FEATURES: list[str] = USER_FEATURES + ITEM_FEATURES + ON_DEMAND_FEATURES

@@ -25,27 +25,45 @@ log = logging.getLogger(__name__)
 
 
 def open_store(settings: Settings) -> FeatureStore:
-    """A FeatureStore on the repo in ``settings.feature_repo``, configured by the
-    environment's ``feature_store.yaml``."""
+    """A FeatureStore configured by the environment's ``feature_store.yaml`` (the repo's
+    own, ``features/feature_store.yaml``, unless ``settings.feature_store_yaml`` names one).
+
+    Its repo path is the data directory: the repo's offline sources are relative to it,
+    and Feast's file store resolves them there, as :func:`source_path` does for Spark.
+    """
     from feast import FeatureStore
 
     settings.export_env()
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    config = settings.feature_store_yaml
-    if config is not None and not config.is_absolute():
+    config = settings.feature_store_yaml or settings.feature_repo / "feature_store.yaml"
+    if not config.is_absolute():
         config = PROJECT_ROOT / config  # as infra/<env>/settings.env names it
-    return FeatureStore(repo_path=str(settings.feature_repo), fs_yaml_file=config)
+    return FeatureStore(repo_path=str(settings.data_dir), fs_yaml_file=config)
+
+
+def source_path(store: FeatureStore, source: Any) -> str:
+    """Where a file source's data is: its path (relative to the data directory, see
+    ``features/repo.py``) resolved as Feast's file store resolves it, against the store's
+    repo path. An absolute path or a URI stays as it is."""
+    from feast import FileSource
+
+    return FileSource.get_uri_for_file_path(store.config.repo_path, source.path)
 
 
 def repo_objects() -> list:
     """Every object the repo in features/ defines, as ``feast apply`` would find them."""
-    from features.entities import item, user
-    from features.feature_services import ranker_v1
-    from features.item import item_stats_fv
-    from features.on_demand import user_item_match_odfv
-    from features.user import user_activity_fv
+    from features import repo
 
-    return [user, item, user_activity_fv, item_stats_fv, user_item_match_odfv, ranker_v1]
+    return [
+        repo.user,
+        repo.item,
+        repo.user_activity_source,
+        repo.item_stats_source,
+        repo.user_activity_fv,
+        repo.item_stats_fv,
+        repo.user_item_match_odfv,
+        repo.ranker_v1,
+    ]
 
 
 def apply(settings: Settings) -> list[str]:
@@ -116,7 +134,7 @@ def load_online(
     spark = get_spark(settings)
     staged = catalog.ONLINE_STAGING.path(settings, view=view_name)
     columns = [key, ts, *(f.name for f in view.features)]
-    snapshots = spark.read.parquet(view.batch_source.path).select(*columns)
+    snapshots = spark.read.parquet(source_path(store, view.batch_source)).select(*columns)
     latest_rows(snapshots, key, ts, start, end).write.mode("overwrite").parquet(str(staged))
     written = 0
     for batch in ds.dataset(staged, format="parquet").to_batches(
@@ -157,7 +175,7 @@ def service_views(store: FeatureStore, service_name: str) -> tuple[list[ViewSpec
             ViewSpec(
                 name=view.name,
                 join_key=view.entity_columns[0].name,
-                path=view.batch_source.path,
+                path=source_path(store, view.batch_source),
                 timestamp_field=view.batch_source.timestamp_field,
                 ttl_seconds=ttl or None,
                 features=tuple(f.name for f in projection.features),

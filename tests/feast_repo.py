@@ -1,9 +1,7 @@
-"""A throwaway copy of the Feast repo whose offline sources hold hand-made snapshots."""
+"""Settings on a throwaway data directory whose Feast offline sources hold hand-made snapshots."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,22 +10,17 @@ import pandas as pd
 import pytest
 
 from pipelines import catalog
-from pipelines.config import PROJECT_ROOT, Settings, get_settings
+from pipelines.config import Settings
 
 
 @contextmanager
 def feast_repo(data_dir: Path, users: pd.DataFrame, items: pd.DataFrame) -> Iterator[Settings]:
-    """Settings on a temporary copy of ``features/`` whose offline sources hold ``users``
-    and ``items`` (microsecond timestamps, as Spark writes them)."""
-    repo = data_dir / "repo"
-    shutil.copytree(PROJECT_ROOT / "features", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    """Settings on ``data_dir`` whose feature tables (the offline sources of the repo in
+    ``features/``) hold ``users`` and ``items`` (microsecond timestamps, as Spark writes
+    them). The environment is restored on exit (``open_store`` exports ``CR_DATA_DIR``)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CR_DATA_DIR", str(data_dir))
-        mp.setenv("CR_FEATURE_REPO", str(repo))
-        get_settings.cache_clear()
-        for mod in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
-            mp.delitem(sys.modules, mod)
-        settings = get_settings()
+        settings = Settings(data_dir=data_dir)
         for kind, frame in (("user", users), ("item", items)):
             table = catalog.FEATURE_TABLE.path(settings, kind=kind)
             table.mkdir(parents=True)
@@ -38,4 +31,3 @@ def feast_repo(data_dir: Path, users: pd.DataFrame, items: pd.DataFrame) -> Iter
                 allow_truncated_timestamps=True,
             )
         yield settings
-        get_settings.cache_clear()

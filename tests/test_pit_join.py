@@ -108,7 +108,7 @@ def test_matches_a_brute_force_point_in_time_lookup(world):
 
     settings, users, entity = world
     ours = feature_store.historical_features_pandas(settings, entity)
-    ttl = timedelta(days=settings.feature_ttl_days)
+    ttl = contracts.FEATURE_TTL
     expected = []
     for user, t in zip(entity["user_id"], entity["event_timestamp"], strict=True):
         snaps = users[(users["user_id"] == user) & (users["event_timestamp"] <= t)]

@@ -8,7 +8,6 @@ run in-process through ``Ranker.to_asgi()``; hot reload and infra-validation use
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -92,16 +91,13 @@ def _booster(seed: int):
 def world(tmp_path_factory) -> World:
     data_dir = tmp_path_factory.mktemp("serving-data")
     with pytest.MonkeyPatch.context() as mp:
-        # Everything that reads the environment must see the tmp world: the features/
-        # modules read get_settings() at import, so drop any copy imported earlier.
+        # Everything that reads the environment must see the tmp world.
         mp.setenv("CR_DATA_DIR", str(data_dir))
         mp.setenv("BENTOML_HOME", str(data_dir / "bentoml"))
         mp.delenv("CR_MODEL_TAG", raising=False)
         from pipelines.config import Settings, get_settings
 
         get_settings.cache_clear()
-        for mod in [m for m in sys.modules if m == "features" or m.startswith("features.")]:
-            mp.delitem(sys.modules, mod)
         settings = Settings(data_dir=data_dir)
         settings.export_env()
 
