@@ -1,10 +1,13 @@
 """``make bench-serve``: load the real BentoML server over loopback and write ``results/serve.json``.
 
-Per path (``fast`` = /rank on the fast feature path, ``echo`` = /echo on the same server,
-``feast`` = /rank with ``CR_SERVING_PATH=feast``): a fixed-concurrency phase, then
-open-loop steps of rising rate until the first step with p99 > 10 ms or an error. Then a
-hot swap: promote another model under 100 RPS and measure failures and switch time.
-The load comes from ``benchmarks.loadgen`` in its own process; see ``benchmarks/README.md``.
+Per path (``fast`` = /rank on the fast feature path over SQLite, ``echo`` = /echo on the
+same server, ``redis`` = the fast path on ``infra/cluster``'s Feast store: a private
+redis-server and a Postgres registry, loaded with the same rows, ``feast`` = /rank with
+``CR_SERVING_PATH=feast``): a fixed-concurrency phase, then open-loop steps of rising rate
+until the first step with p99 > 10 ms or an error (fast and redis step at least to 100 RPS,
+where they are compared). Then a hot swap: promote another model under 100 RPS and measure
+failures and switch time. The load comes from ``benchmarks.loadgen`` in its own process;
+see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from pipelines import catalog
+from pipelines import catalog, contracts
 from pipelines.config import PROJECT_ROOT, Settings, get_settings
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serve.json"
+CLUSTER = PROJECT_ROOT / "infra" / "cluster"  # the environment whose Feast store is on Redis
 P99_TARGET_MS = 10.0
+REDIS_RATIO_GOAL = 1.5  # redis p99 / SQLite p99 at Plan.compare_rate
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -47,6 +53,7 @@ class Plan:
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
     rates: list[int] = field(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 600])
     feast_rates: list[int] = field(default_factory=lambda: [10, 20, 50])
+    compare_rate: int = 100  # redis vs SQLite p99 is judged here: both step at least this far
     swap_rate: float = 100.0
     swap_s: float = 15.0
     swap_at_s: float = 5.0
@@ -73,7 +80,7 @@ def _fresh_ids(settings: Settings, kind: str, ids: catalog.Entry) -> list[str]:
     marks = catalog.WATERMARKS.load_or_none(settings)
     ends = marks.root.values() if marks is not None else ()
     now = max((pd.Timestamp(v) for v in ends), default=latest.max())
-    fresh = latest[latest >= now - timedelta(days=settings.feature_ttl_days)].index
+    fresh = latest[latest >= now - contracts.FEATURE_TTL].index
     internal = set(fresh if len(fresh) >= 20 else latest.index)  # few fresh: take any with rows
 
     from pipelines.ids import read_mapping
@@ -195,20 +202,25 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+def _children() -> set[int]:
+    mine = os.getpid()
+    return {pid for pid, ppid in _ppids().items() if ppid == mine}
+
+
 @contextlib.contextmanager
 def server(
-    settings: Settings, serving_path: str, extra_env: dict[str, str]
+    settings: Settings, serving_path: str, extra_env: dict[str, str], label: str | None = None
 ) -> Iterator[tuple[int, list[int]]]:
     """The real ``bentoml serve`` (as ``make serve``) with ``CR_SERVING_PATH``; yields (port, pids)."""
     from pipelines.infra_validation import serve
 
-    mine = os.getpid()
+    before = _children()  # e.g. the bench's redis-server: not part of this server's memory
     with _environ(extra_env | {"CR_SERVING_PATH": serving_path}):
         started = time.monotonic()
         with serve(settings, timeout_s=240) as base:
-            console.print(f"[dim]{serving_path} server up in {time.monotonic() - started:.1f}s[/]")
-            roots = [pid for pid, ppid in _ppids().items() if ppid == mine]
-            yield int(base.rsplit(":", 1)[1]), roots
+            took = time.monotonic() - started
+            console.print(f"[dim]{label or serving_path} server up in {took:.1f}s[/]")
+            yield int(base.rsplit(":", 1)[1]), sorted(_children() - before)
 
 
 def model_version(port: int) -> str | None:
@@ -216,6 +228,213 @@ def model_version(port: int) -> str | None:
         resp = httpx.post(f"http://127.0.0.1:{port}/model_version", timeout=5)
         return resp.json().get("model_version")
     return None
+
+
+# --- what the server answered: its own counters ------------------------------------------------
+
+
+def outcomes(port: int) -> Counter:
+    """/rank requests served and those that fell back (``rank_outcomes``), from the server's
+    Prometheus ``/metrics``, summed over its workers and model versions. The load generator
+    reads only status lines, so a response's body is counted here."""
+    return count_outcomes(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+
+
+def count_outcomes(text: str) -> Counter:
+    """``ranked``, ``fallback`` and ``store_unavailable`` in a Prometheus text exposition."""
+    out: Counter = Counter()
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("rank_request_seconds_count{") and 'phase="total"' in name:
+            out["ranked"] += int(float(value))
+        elif name.startswith("rank_outcomes_total{"):
+            for outcome in ("fallback", "store_unavailable"):
+                if f'outcome="{outcome}"' in name:
+                    out[outcome] += int(float(value))
+    return out
+
+
+def served(before: Counter, after: Counter) -> dict[str, Any]:
+    """The server-side outcomes of one phase: counts and the share that fell back."""
+    ranked, fallback = after["ranked"] - before["ranked"], after["fallback"] - before["fallback"]
+    return {
+        "ranked": ranked,
+        "fallback": fallback,
+        "store_unavailable": after["store_unavailable"] - before["store_unavailable"],
+        "fallback_share": round(fallback / ranked, 4) if ranked else None,
+    }
+
+
+def check_features(port: int, bodies: list[dict], n: int = 32) -> dict[str, Any]:
+    """Rank ``n`` bodies before any load: every answer must come from the user's features
+    (``fallback`` and ``online_store_unavailable`` false), or the path measures nothing."""
+    answers = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for body in bodies[:n]:
+            resp = client.post("/rank", json=body)
+            resp.raise_for_status()
+            answers.append(resp.json())
+    result = {
+        "requests": len(answers),
+        "fallback": sum(a["fallback"] for a in answers),
+        "online_store_unavailable": sum(a["online_store_unavailable"] for a in answers),
+    }
+    if result["fallback"] or result["online_store_unavailable"]:
+        raise RuntimeError(f"the server ranked without online features: {result}")
+    return result
+
+
+# --- the Redis online store ------------------------------------------------------------------
+
+
+def redis_connection(port: int) -> str:
+    """Feast's connection string for the private Redis: ``infra/cluster``'s options
+    (database, socket timeouts) with this server's address."""
+    for line in (CLUSTER / "settings.env").read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name == "CR_REDIS_CONNECTION" and "," in value:
+            return f"127.0.0.1:{port},{value.split(',', 1)[1]}"
+    return f"127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[int, subprocess.Popen]]:
+    """A ``redis-server`` of the bench's own on a free loopback port, without persistence
+    (never the machine's shared Redis); stopped afterwards."""
+    import redis
+
+    from pipelines.infra_validation import free_port
+
+    port = free_port()
+    cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+    cmd += ["--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client, deadline = redis.Redis(port=port), time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read() if proc.poll() is not None else ""
+                    raise RuntimeError(
+                        f"redis-server on port {port} did not start: {out}"
+                    ) from None
+                time.sleep(0.05)
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    """A database of the bench's own on ``server`` (user@host:port) for Feast's SQL registry,
+    dropped afterwards; yields its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"cr_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{server}/{name}"
+    finally:
+        with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def fill_redis() -> None:
+    """Run by :func:`redis_store` in a child process (Spark's JVM ends with it).
+
+    ``feast apply`` to the registry at ``CR_FEAST_REGISTRY_URL``, then load the Redis at
+    ``CR_REDIS_CONNECTION`` with ``load_online`` over the window the SQLite store holds:
+    from the data set's first day (as the ``materialize`` task starts) to the view's
+    watermark. ``materialize`` itself would read the data dir's watermarks and skip. Then
+    check that both stores hold the same item table and the same row for every user.
+    Prints a JSON summary as its last line."""
+    import numpy as np
+
+    from pipelines import feature_store
+    from pipelines.data import dataset_facts
+    from pipelines.ids import read_mapping
+    from pipelines.training_set import utc_midnight
+    from serving.online import FastReader
+
+    started = time.monotonic()
+    sqlite = get_settings()
+    sqlite_store = feature_store.open_store(sqlite)
+    if sqlite_store.config.online_store.type != "sqlite":
+        raise SystemExit("the redis phase compares with the local profile's SQLite store")
+    on_redis = sqlite.model_copy(update={"feature_store_yaml": CLUSTER / "feature_store.yaml"})
+    feature_store.apply(on_redis)
+    store = feature_store.open_store(on_redis)
+    first = utc_midnight(dataset_facts(sqlite).first_date)
+    marks = catalog.WATERMARKS.load(sqlite).root
+    rows, windows = {}, {}
+    for view in (contracts.USER_VIEW, contracts.ITEM_VIEW):
+        rows[view] = feature_store.load_online(on_redis, store, view, first, marks[view])
+        windows[view] = [first.isoformat(), marks[view].isoformat()]
+    loaded_s = time.monotonic() - started
+
+    want, got = FastReader(sqlite_store, sqlite), FastReader(store, on_redis)
+    n = min(len(want.items), len(got.items))  # the tables' sizes differ by ids without rows
+    if not np.isnan(np.concatenate([want.items[n:], got.items[n:]])).all():
+        raise AssertionError(f"item features past id {n} on only one store")
+    np.testing.assert_array_equal(got.items[:n], want.items[:n], err_msg="item features")
+    np.testing.assert_array_equal(got.item_ts[:n], want.item_ts[:n], err_msg="item times")
+    users = read_mapping(catalog.USER_IDS.path(sqlite))["internal_id"].astype(int).tolist()
+    found = 0
+    for user in users:
+        (a, a_ts), (b, b_ts) = want.rows.user(user), got.rows.user(user)
+        np.testing.assert_array_equal(b, a, err_msg=f"user {user}")
+        assert a_ts == b_ts, f"user {user}: feature time {b_ts} on Redis, {a_ts} on SQLite"
+        found += a_ts > 0
+    summary = {
+        "windows": windows,
+        "rows": rows,
+        "load_s": round(loaded_s, 1),
+        "same_as_sqlite": {"items": n, "users": len(users), "users_with_row": found},
+    }
+    print(json.dumps(summary))
+
+
+@dataclass
+class RedisStore:
+    """What :func:`redis_store` set up: the server environment that selects it, the
+    redis-server's pid (for its memory), and the load's summary."""
+
+    env: dict[str, str]
+    pid: int
+    info: dict[str, Any]
+
+
+@contextlib.contextmanager
+def redis_store(postgres: str) -> Iterator[RedisStore]:
+    """``infra/cluster``'s Feast store on a private redis-server and a fresh Postgres
+    registry, holding the SQLite store's rows; all of it removed afterwards."""
+    with redis_server() as (port, proc), postgres_database(postgres) as registry:
+        env = {"CR_FEAST_REGISTRY_URL": registry, "CR_REDIS_CONNECTION": redis_connection(port)}
+        console.print(f"[bold]redis[/] store: loading redis-server :{port} in a child process")
+        loader = "from benchmarks.serve_bench import fill_redis; fill_redis()"
+        done = subprocess.run(  # the child's settings are this process's: it reads SQLite too
+            [sys.executable, "-c", loader],
+            env=os.environ | env,
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=900,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"loading Redis failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        info = json.loads(done.stdout.strip().splitlines()[-1])
+        console.print(f"[dim]redis loaded in {info['load_s']} s, rows {info['rows']}[/]")
+        env["CR_FEATURE_STORE_YAML"] = str(CLUSTER / "feature_store.yaml")
+        yield RedisStore(env, proc.pid, info | {"connection": env["CR_REDIS_CONNECTION"]})
 
 
 # --- phases -------------------------------------------------------------------------------------
@@ -227,10 +446,22 @@ def passes(step: dict) -> bool:
 
 def _show(name: str, label: str, r: dict) -> None:
     mark = "[green]ok[/]" if passes(r) else "[red]over[/]"
+    share = r.get("served", {}).get("fallback_share")
+    fallback = f"  fallback {share:.1%}" if share is not None else ""
     console.print(
         f"  {name:5} {label:>9}: p50 {r['p50_ms']:8.2f}  p99 {r['p99_ms']:8.2f} ms  "
-        f"{r['rps']:6.1f} RPS  errors {r['errors']}  {mark}"
+        f"{r['rps']:6.1f} RPS  errors {r['errors']}{fallback}  {mark}"
     )
+
+
+def max_passing_rate(steps: list[dict]) -> int | None:
+    """The highest rate that passed below the first failing step."""
+    best = None
+    for step in steps:
+        if not step["pass"]:
+            break
+        best = step["rate"]
+    return best
 
 
 def run_path(
@@ -241,32 +472,39 @@ def run_path(
     roots: list[int],
     plan: Plan,
     bodies: list[dict],
+    min_rate: int = 0,
 ) -> dict:
-    """Warm-up, fixed concurrency, then stepped open-loop rates until the first failing step."""
+    """Warm-up, fixed concurrency, then stepped open-loop rates until the first failing step
+    (but not before ``min_rate``). /rank phases record the server's outcomes (``served``)."""
     console.print(f"[bold]{name}[/] ({route})")
+
+    def phase(**spec: Any) -> dict:
+        before = outcomes(port) if route == "/rank" else None
+        r = run_load(port, route, bodies, plan, duration_s=plan.phase_s, **spec)
+        if before is not None:
+            r["served"] = served(before, outcomes(port))
+        return r
+
     with RssSampler(roots) as rss:
         run_load(port, route, bodies, plan, mode="closed", concurrency=2, duration_s=plan.warmup_s)
         fixed = []
         for c in plan.concurrency:
-            r = run_load(
-                port, route, bodies, plan, mode="closed", concurrency=c, duration_s=plan.phase_s
-            )
+            r = phase(mode="closed", concurrency=c)
             _show(name, f"c={c}", r)
             fixed.append(r)
         steps = []
         for rate in rates:
-            r = run_load(port, route, bodies, plan, mode="open", rate=rate, duration_s=plan.phase_s)
+            r = phase(mode="open", rate=rate)
             r["pass"] = passes(r)
             _show(name, f"{rate} RPS", r)
             steps.append(r)
-            if not r["pass"]:
+            if not r["pass"] and rate >= min_rate:
                 break
-    ok_rates = [s["rate"] for s in steps if s["pass"]]
     return {
         "route": route,
         "concurrency": fixed,
         "steps": steps,
-        "max_rate_p99_le_10ms": max(ok_rates) if ok_rates else None,
+        "max_rate_p99_le_10ms": max_passing_rate(steps),
         "rss_mb": rss.result(),
     }
 
@@ -428,7 +666,50 @@ def ratios(paths: dict[str, dict]) -> dict:
     return {"at_rate": at_rate, "at_concurrency": at_c}
 
 
-def targets(paths: dict[str, dict], ratio: dict, swap: dict | None) -> dict[str, bool | None]:
+def _vs_sqlite(sqlite: dict, redis: dict) -> dict:
+    return {
+        "sqlite_p99_ms": sqlite["p99_ms"],
+        "redis_p99_ms": redis["p99_ms"],
+        "ratio": round(redis["p99_ms"] / sqlite["p99_ms"], 2) if sqlite["p99_ms"] else None,
+        "redis_errors": redis["errors"],
+        "redis_fallback": redis.get("served", {}).get("fallback"),
+    }
+
+
+def redis_vs_sqlite(paths: dict[str, dict], compare_rate: int) -> dict:
+    """``redis_p99 / sqlite_p99`` (the fast path on each store) at every rate and every
+    concurrency both ran, and at ``compare_rate`` against :data:`REDIS_RATIO_GOAL`."""
+    sqlite, redis = paths["fast"], paths["redis"]
+    by_rate = [{s["rate"]: s for s in p["steps"]} for p in (sqlite, redis)]
+    at_rate = [
+        {"rate": rate, **_vs_sqlite(by_rate[0][rate], by_rate[1][rate])}
+        for rate in sorted(set(by_rate[0]) & set(by_rate[1]))
+    ]
+    by_c = [{s["concurrency"]: s for s in p["concurrency"]} for p in (sqlite, redis)]
+    at_c = {str(c): _vs_sqlite(by_c[0][c], by_c[1][c]) for c in sorted(set(by_c[0]) & set(by_c[1]))}
+    at_compare = next((r for r in at_rate if r["rate"] == compare_rate), None)
+    return {
+        "compare_rate": compare_rate,
+        "goal_ratio": REDIS_RATIO_GOAL,
+        "at_rate": at_rate,
+        "at_concurrency": at_c,
+        "at_compare_rate": at_compare,
+    }
+
+
+def redis_within_goal(cmp: dict | None) -> bool | None:
+    """Redis p99 within the goal of SQLite's at the compare rate, with no failed request and
+    no fallback on Redis (a popularity answer skips the model: it would flatter the tail)."""
+    at = cmp and cmp["at_compare_rate"]
+    if not at or at["ratio"] is None:
+        return None
+    clean = at["redis_errors"] == 0 and not at["redis_fallback"]
+    return clean and at["ratio"] <= cmp["goal_ratio"]
+
+
+def targets(
+    paths: dict[str, dict], ratio: dict, swap: dict | None, redis: dict | None = None
+) -> dict[str, bool | None]:
     """The issue's targets, each true/false (None: not measured)."""
     fast = paths["fast"]
     c1 = next((s for s in fast["concurrency"] if s["concurrency"] == 1), None)
@@ -441,6 +722,7 @@ def targets(paths: dict[str, dict], ratio: dict, swap: dict | None) -> dict[str,
         "fast_ge_300rps_at_p99_le_10ms": best is not None and best >= 300,
         "ratio_ge_10_at_rate": ratio["at_rate"]["ratio"] >= 10 if ratio["at_rate"] else None,
         "hot_swap_0_failures_switch_le_5s": swap["passed"] if swap else None,
+        "redis_p99_within_1_5x_sqlite_at_100rps": redis_within_goal(redis),
     }
 
 
@@ -482,6 +764,7 @@ def print_table(report: dict) -> None:
         "p99",
         "RPS",
         "errors",
+        "fallback",
         "p99≤10",
     ):
         table.add_column(col, justify="left" if col in ("path", "phase") else "right")
@@ -499,11 +782,17 @@ def print_table(report: dict) -> None:
                 f"{s['p99_ms']:.2f}",
                 f"{s['rps']:.0f}",
                 str(s["errors"]),
+                _share(s),
                 "✓" if passes(s) else "✗",
             )
         table.add_section()
     console.print(table)
     console.print(summary_table(report))
+
+
+def _share(step: dict) -> str:
+    share = step.get("served", {}).get("fallback_share")
+    return "-" if share is None else f"{share:.1%}"
 
 
 def _ratio_row(label: str, pair: dict | None) -> tuple[str, str]:
@@ -529,6 +818,24 @@ def summary_table(report: dict) -> Table:
     table.add_row(*_ratio_row(f"baseline/fast p99 at {at['rate'] if at else '-'} RPS", at))
     for c, pair in ratio["at_concurrency"].items():
         table.add_row(*_ratio_row(f"baseline/fast p99 at c={c}", pair))
+    cmp = report.get("redis_vs_sqlite")
+    if cmp:
+        rows = [(f"{r['rate']:g} RPS", r) for r in cmp["at_rate"]]
+        rows += [(f"c={c}", r) for c, r in cmp["at_concurrency"].items()]
+        for load, r in rows:
+            mark = f" (goal ≤ {cmp['goal_ratio']}x)" if r.get("rate") == cmp["compare_rate"] else ""
+            table.add_row(
+                f"redis/SQLite p99 at {load}",
+                f"{r['redis_p99_ms']:.2f} / {r['sqlite_p99_ms']:.2f} ms = {r['ratio']}x{mark}",
+            )
+        store = report["redis"]
+        table.add_row(
+            "redis: checked before load",
+            f"{store['features_check']['requests']} requests, fallback "
+            f"{store['features_check']['fallback']}, store unavailable "
+            f"{store['features_check']['online_store_unavailable']}",
+        )
+        table.add_row("redis: redis-server RSS", f"{store['redis_server_rss_mb']} MB")
     swap = report.get("hot_swap")
     if swap:
         table.add_row(
@@ -555,17 +862,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="2 s phases, 6 s hot swap")
     ap.add_argument("--phase-s", type=float, help="seconds per phase/step")
-    ap.add_argument("--rates", type=_ints, help="open-loop rates for fast and echo, e.g. 50,100")
+    ap.add_argument(
+        "--rates", type=_ints, help="open-loop rates for fast, echo and redis, e.g. 50,100"
+    )
     ap.add_argument("--feast-rates", type=_ints, help="open-loop rates for the Feast-SDK path")
     ap.add_argument("--concurrency", type=_ints, help="closed-loop concurrencies, e.g. 1,4,16")
     ap.add_argument("--skip-feast", action="store_true", help="no Feast-SDK server")
+    ap.add_argument("--skip-redis", action="store_true", help="no Redis-backed fast server")
+    ap.add_argument(
+        "--postgres",
+        default=os.environ.get("CR_BENCH_POSTGRES", "postgres@127.0.0.1:5432"),
+        metavar="USER@HOST:PORT",
+        help="Postgres for the redis phase's Feast registry (a database of its own, dropped)",
+    )
     ap.add_argument("--skip-swap", action="store_true", help="no hot-swap phase")
     ap.add_argument(
         "--server-env",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for both servers, e.g. OMP_NUM_THREADS=1 (default: none, as make serve)",
+        help="extra environment for every server, e.g. OMP_NUM_THREADS=1 (default: none, as make serve)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
@@ -590,32 +906,50 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("no production model: run `make run` first")
     bodies, sample = sample_bodies(settings, plan)
     paths: dict[str, dict] = {}
-    swap = None
+    swap = redis = None
     env = dict(kv.split("=", 1) for kv in args.server_env)
-    with server(settings, "fast", env) as (port, roots):
-        serving = model_version(port)
-        paths["fast"] = run_path("fast", port, "/rank", plan.rates, roots, plan, bodies)
-        paths["echo"] = run_path("echo", port, "/echo", plan.rates, roots, plan, bodies)
-        if not args.skip_swap:
-            swap = hot_swap(settings, port, plan, bodies)
+    with contextlib.ExitStack() as stack:
+        # Loaded before any server runs, so no phase shares the cores with Spark.
+        store = None if args.skip_redis else stack.enter_context(redis_store(args.postgres))
+        with server(settings, "fast", env) as (port, roots):
+            serving = model_version(port)
+            checked = check_features(port, bodies)
+            paths["fast"] = run_path(
+                "fast", port, "/rank", plan.rates, roots, plan, bodies, plan.compare_rate
+            )
+            paths["echo"] = run_path("echo", port, "/echo", plan.rates, roots, plan, bodies)
+            if not args.skip_swap:
+                swap = hot_swap(settings, port, plan, bodies)
+        if store is not None:  # the same server code, model and bodies, on Redis
+            with server(settings, "fast", env | store.env, label="redis") as (port, roots):
+                store.info["features_check"] = check_features(port, bodies)
+                paths["redis"] = run_path(
+                    "redis", port, "/rank", plan.rates, roots, plan, bodies, plan.compare_rate
+                )
+                store.info["redis_server_rss_mb"] = round(rss_mb([store.pid]), 1)
+            redis = store.info
     if not args.skip_feast:
         with server(settings, "feast", env) as (port, roots):
             paths["feast"] = run_path("feast", port, "/rank", plan.feast_rates, roots, plan, bodies)
     ratio = ratios(paths) if "feast" in paths else {"at_rate": None, "at_concurrency": {}}
+    compared = redis_vs_sqlite(paths, plan.compare_rate) if "redis" in paths else None
     cmd = "make bench-serve" if os.environ.get("MAKELEVEL") else "python -m benchmarks.serve_bench"
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([cmd, *argv]),
         "machine": machine(),
         "model": {"production_tag": tag, "served": serving},
+        "features_check": checked,
         "requests": sample | {"candidates": plan.candidates},
         "plan": asdict(plan),
         "server_env": env,
         "p99_target_ms": P99_TARGET_MS,
         "paths": paths,
         "ratio": ratio,
+        "redis_vs_sqlite": compared,
+        "redis": redis,
         "hot_swap": swap,
-        "targets": targets(paths, ratio, swap),
+        "targets": targets(paths, ratio, swap, compared),
         "duration_s": round(time.monotonic() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
