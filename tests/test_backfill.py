@@ -35,10 +35,11 @@ from pipelines.config import Settings
 pytestmark = pytest.mark.e2e
 
 DAG_ID = "ranker_training"
-# Whole DAG runs (~3-4 min each, a JVM per task): a day before the kill, and one after. With
-# two, no later day may be promoted, and the re-run of the first day then never meets a newer
-# production model (the freshness check the last test is about): seen in a fresh-clone run.
-BACKFILL_DAYS = 3
+# Whole DAG runs (~3 min each, a JVM per task): the day whose train task is killed comes
+# after a normal day. Every day is promoted (the world's gate tolerates any loss against
+# production, below), so the re-run of the first day always meets a newer production model,
+# the freshness check the last test is about; with the default gate, ML noise decided that.
+BACKFILL_DAYS = 2
 KILLED_DAY = 1  # index into the backfilled days of the day whose train task is killed
 KILL_WHEN = "Running xgboost"  # xgboost.spark logs this as fit's Spark job starts
 BACKFILL_TIMEOUT_S = 45 * 60
@@ -109,6 +110,10 @@ def world(tmp_path_factory) -> Iterator[World]:
         CR_VOLUME_MIN_RATIO="0",
         CR_VOLUME_MAX_RATIO="1000",
         CR_MAX_UNKNOWN_ITEM_SHARE="1",
+        # Promote every candidate that beats the baselines: this module is about scheduling,
+        # retries and dates, and its last test needs the later day in production.
+        CR_PRODUCTION_TOLERANCE="1",
+        CR_SLICE_MAX_DROP="1",
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__PARALLELISM="2",  # as `make airflow`: two cores
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
