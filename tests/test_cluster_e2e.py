@@ -19,10 +19,10 @@ of the test's own, dropped and stopped afterwards. A missing service fails the m
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -122,21 +122,20 @@ def postgres_databases(*names: str) -> Iterator[None]:
 class Cluster:
     settings: Settings
     env: dict[str, str]
+    overrides: dict[str, str]  # of infra/cluster/settings.env, on make's command line
     api: str
     redis: Redis
     day: date | None = None
     run_id: str | None = None
     kill: dict = field(default_factory=dict)
 
-    def script(self, name: str, action: str) -> None:
-        done = subprocess.run(
-            ["bash", str(INFRA / name), action], env=self.env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, f"{name} {action}:\n{done.stdout}\n{done.stderr}"
+    def make(self, target: str) -> list[str]:
+        return ["make", "-C", str(PROJECT_ROOT), "--no-print-directory", target,
+                "INFRA=cluster", *(f"{k}={v}" for k, v in self.overrides.items())]  # fmt: skip
 
     @property
     def cluster_dir(self) -> Path:
-        return Path(self.env["CLUSTER_DIR"])
+        return self.settings.data_dir / "cluster"  # spark.sh's and airflow.sh's default
 
     def task_instances(self) -> dict[str, dict]:
         url = f"{self.api}/api/v2/dags/{DAG_ID}/dagRuns/{self.run_id}/taskInstances"
@@ -150,47 +149,48 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """The profile's settings with the test's own ports, databases and redis-server, passed
+    to ``make`` as command-line overrides of ``infra/cluster/settings.env``."""
     data_dir = tmp_path_factory.mktemp("cluster-e2e")
     suffix = uuid.uuid4().hex[:8]
     airflow_db, feast_db = f"cr_test_airflow_{suffix}", f"cr_test_feast_{suffix}"
     redis = Redis(data_dir / "redis")
     api_port = _free_port()
     pg = f"postgresql+psycopg://{POSTGRES}"
-    env = worlds.project_env(data_dir, **profile_env())
-    env |= dict(
-        CLUSTER_DIR=str(data_dir / "cluster"),
-        CR_SAMPLE_USERS="160",
-        CR_N_ESTIMATORS="80",
+    overrides = dict(
+        CR_DATA_DIR=str(data_dir),
         CR_SPARK_MASTER=f"spark://127.0.0.1:{SPARK_PORT}",
-        SPARK_MASTER_PORT=str(SPARK_PORT),
-        SPARK_MASTER_WEBUI_PORT=str(SPARK_UI_PORT),
-        SPARK_WORKER_MEMORY="2g",
         CR_FEAST_REGISTRY_URL=f"{pg}/{feast_db}",
         CR_REDIS_CONNECTION=f"127.0.0.1:{redis.port},db=0,socket_timeout=0.1,socket_connect_timeout=0.1",
+        CR_AIRFLOW_API=f"http://127.0.0.1:{api_port}",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"{pg}/{airflow_db}",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC=f"{pg}/{airflow_db}",
         AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{redis.port}/1",
         AIRFLOW__CELERY__RESULT_BACKEND=f"db+{pg}/{airflow_db}",
         AIRFLOW__API__PORT=str(api_port),
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{api_port}/execution/",
-        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
-        AIRFLOW__API_AUTH__JWT_SECRET=uuid.uuid4().hex,
-        AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="2",
         # The orphaned try of a killed worker is failed after this long without a heartbeat.
         AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
-        CR_AIRFLOW_API=f"http://127.0.0.1:{api_port}",
     )  # fmt: skip
+    env = worlds.project_env(data_dir, **profile_env()) | overrides
+    env |= dict(  # read by the scripts and Airflow from the environment only
+        CR_SAMPLE_USERS="160",
+        CR_N_ESTIMATORS="80",
+        SPARK_MASTER_PORT=str(SPARK_PORT),
+        SPARK_MASTER_WEBUI_PORT=str(SPARK_UI_PORT),
+        SPARK_WORKER_MEMORY="2g",
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
+        AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="2",
+        COLUMNS="250",  # rich's console: make's summary lines unwrapped
+    )
     settings = Settings(data_dir=data_dir, sample_users=160)
-    world = Cluster(settings, env, env["CR_AIRFLOW_API"], redis)
+    world = Cluster(settings, env, overrides, env["CR_AIRFLOW_API"], redis)
     with postgres_databases(airflow_db, feast_db):
         try:
             redis.start()
-            world.script("spark.sh", "up")  # no Java, no Postgres, no ports: fail, never skip
-            world.script("airflow.sh", "up")
             yield world
         finally:
-            for name in ("airflow.sh", "spark.sh"):
-                subprocess.run(["bash", str(INFRA / name), "down"], env=env, capture_output=True)
+            subprocess.run(world.make("cluster-down"), env=env, capture_output=True)
             redis.kill()
     assert not list(world.cluster_dir.glob("*.pid"))
 
@@ -206,7 +206,9 @@ def _kill_worker_mid_fit(world: Cluster) -> bool:
         with suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGKILL)
     world.kill.update(pids=[p.pid for p in tree], jvm=[p.pid for p in tree if _is_java(p)])
-    world.script("airflow.sh", "up")  # the supervisor: a new worker, same queue
+    # The supervisor: `make cluster-up` starts what is not running, here a new worker.
+    restarted = subprocess.run(world.make("cluster-up"), env=world.env, capture_output=True)
+    assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-3000:]
     return True
 
 
@@ -216,36 +218,46 @@ def _is_java(process: psutil.Process) -> bool:
     return False
 
 
+def _run_id(world: Cluster) -> str | None:
+    """The id of the DAG run ``make`` triggered, once the api-server knows it."""
+    try:
+        url = f"{world.api}/api/v2/dags/{DAG_ID}/dagRuns"
+        runs = httpx.get(url, timeout=10).json().get("dag_runs", [])
+    except (httpx.HTTPError, ValueError):
+        return None
+    return runs[0]["dag_run_id"] if len(runs) == 1 else None
+
+
 @pytest.fixture(scope="module")
-def run(cluster) -> dict:
-    """One DAG run of the last landed day, triggered as ``make run INFRA=cluster`` does,
-    with the Celery worker killed while ``train`` fits. Returns the CLI's outputs."""
-    worlds.run([sys.executable, "-m", "pipelines.cli", "bootstrap"], cluster.env)
+def run(cluster) -> str:
+    """``make run INFRA=cluster``, exactly as documented plus the test's overrides: it starts
+    the cluster, bootstraps, has the scheduler run the DAG for the last landed day, checks
+    the run and ranks through the server. The Celery worker is killed while ``train`` fits.
+    Returns make's output."""
+    log = cluster.cluster_dir.parent / "make-run.out"
+    with log.open("w") as out:
+        make = subprocess.Popen(
+            cluster.make("run"), env=cluster.env, stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while make.poll() is None and time.monotonic() < deadline:
+            cluster.run_id = cluster.run_id or _run_id(cluster)
+            if cluster.run_id and not cluster.kill and _kill_worker_mid_fit(cluster):
+                continue
+            time.sleep(0.5)
+        if make.poll() is None:
+            make.kill()
+        make.wait()
+    output = log.read_text()
+    assert make.returncode == 0, output[-5000:]
     cluster.day = catalog.LANDING.dates(cluster.settings)[-1]
-    since = time.time()
-    cluster.run_id = f"cluster_e2e__{cluster.day}"
-    cli = [sys.executable, "-m", "pipelines.cli"]
-    log = (cluster.cluster_dir / "trigger-run.out").open("w")
-    trigger = subprocess.Popen(
-        [*cli, "trigger-run", cluster.day.isoformat(), "--run-id", cluster.run_id,
-         "--timeout-s", str(RUN_TIMEOUT_S)],
-        cwd=PROJECT_ROOT, env=cluster.env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    while trigger.poll() is None:
-        if not cluster.kill and _kill_worker_mid_fit(cluster):
-            continue
-        time.sleep(0.5)
-    out = (cluster.cluster_dir / "trigger-run.out").read_text()
-    assert trigger.returncode == 0, out[-4000:]
-    check = worlds.run(
-        [*cli, "check-run", cluster.day.isoformat(), "--since", str(since),
-         "--run-id", cluster.run_id],
-        cluster.env,
-    )  # fmt: skip
-    return {"trigger": out, "check": check.stdout}
+    return output
 
 
-def test_the_scheduler_runs_the_dag_on_celery_and_spark_and_promotes(cluster, run):
+def test_make_run_infra_cluster_runs_the_dag_on_celery_and_spark_and_promotes(cluster, run):
+    assert f"run {cluster.day} ({cluster.run_id}) ran 12 stages" in run  # make's check-run
+    production = catalog.PRODUCTION.load(cluster.settings).tag
+    assert re.search(rf"model: {re.escape(production)}\s+promoted: True", run)  # make's report
     tasks = cluster.task_instances()
     assert {t["state"] for t in tasks.values()} == {"success"}, tasks
     assert all(t["executor"] in (None, "CeleryExecutor") for t in tasks.values())
