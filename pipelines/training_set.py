@@ -3,7 +3,9 @@
 A query is (user, day). Its candidates are the items the user interacted with that day
 (graded relevance = the day's latest rating) plus negatives (relevance 0): the items shown
 that day and skipped, where the data logs impressions, or else sampled items already in
-the catalogue before that day that the user never rated. Random choices are seeded
+the catalogue before that day that the user had not interacted with by then. An item the
+user takes up later is a fair negative for an earlier day: nothing at query time said
+otherwise, and excluding it would let the query see the future. Random choices are seeded
 hashes of the rows' ids, so a re-run gives the same rows whatever Spark's partitioning.
 Features are joined afterwards by ``feature_store.historical_features``.
 """
@@ -64,7 +66,8 @@ def _sampled_negatives(
     catalogue: tuple[DataFrame, np.ndarray] | None = None,
 ) -> DataFrame:
     """Up to ``k`` negatives per query (user, day): items in the catalogue strictly before
-    the day that the user never rated, at any time.
+    the day that the user had not interacted with on or before the day (items they take
+    up later are allowed: excluding them would leak the future into the query).
 
     A query whose pool holds at most ``4 k`` items considers all of them; a larger pool is
     drawn from ``4 k`` times (seeded hashes), which leaves ``k`` distinct unrated items
@@ -92,9 +95,12 @@ def _sampled_negatives(
         F.pmod(F.xxhash64(F.lit(seed), "user_id", "day", "_j"), F.col("_pool"))
     )
     drawn = per_query.select("user_id", "day", idx.alias("_idx")).distinct()
-    rated = events.select("user_id", "item_id").distinct()
-    candidates = drawn.join(F.broadcast(catalogue), "_idx").join(
-        rated, ["user_id", "item_id"], "left_anti"
+    since = F.min(F.floor(F.col("timestamp") / 86_400)).cast("long").alias("_since")
+    taken_up = events.groupBy("user_id", "item_id").agg(since)
+    candidates = (
+        drawn.join(F.broadcast(catalogue), "_idx")
+        .join(taken_up, ["user_id", "item_id"], "left")
+        .where(F.col("_since").isNull() | (F.col("_since") > F.col("day")))
     )
     return (
         candidates.withColumn("_r", _rank(["user_id", "day"], seed, "item_id"))

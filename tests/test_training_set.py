@@ -53,7 +53,7 @@ EVENTS = _events(
         (1, 12, 5.0, D + 2, 1),  # query (1, D+2)
         (1, 14, 3.0, D + 2, 22),  # item 14 first seen on D+2
         (2, 15, 1.0, D + 5, 5),  # after the window
-        (1, 11, 2.0, D + 10, 5),  # user 1 rates 11 later: never a negative for user 1
+        (1, 11, 2.0, D + 10, 5),  # user 1 rates 11 later: a fair negative before D+10
     ]
 )
 
@@ -68,7 +68,8 @@ def _queries(spark, events: pd.DataFrame, first: int, last: int, **kw) -> pd.Dat
 def test_build_queries_hand_worked(spark) -> None:
     out = _queries(spark, EVENTS, D + 1, D + 2)
     # Catalogue before D+1 = {10, 11}; before D+2 = {10, 11, 12, 13}.
-    # (1, D+2): positives 12 (5), 14 (3); pool {10,11,12,13} minus rated {10,11,12,14} = {13}.
+    # (1, D+2): positives 12 (5), 14 (3); pool {10,11,12,13} minus rated by D+2 {10,12,14}
+    # = {11, 13}: user 1 rates 11 only on D+10, after the query.
     # (2, D+1): positive 12 (5); pool {10, 11} minus rated {11, 12, 15} = {10}.
     # (3, D+1): positive 13 (2); pool {10, 11} minus rated {13} = {10, 11}.
     # Query ids follow (user, day): (1, D+2) -> 0, (2, D+1) -> 1, (3, D+1) -> 2.
@@ -81,7 +82,7 @@ def test_build_queries_hand_worked(spark) -> None:
         for qid, g in out.groupby("query_id")
     }
     assert got == {
-        0: (1, D + 2, {12: 5.0, 14: 3.0, 13: 0.0}),
+        0: (1, D + 2, {12: 5.0, 14: 3.0, 11: 0.0, 13: 0.0}),
         1: (2, D + 1, {12: 5.0, 10: 0.0}),
         2: (3, D + 1, {13: 2.0, 10: 0.0, 11: 0.0}),
     }
@@ -102,7 +103,7 @@ def test_build_queries_invariants(spark, seed: int) -> None:
     out = _queries(spark, events, D + 20, D + 29, negatives=5, max_positives=3, seed=seed)
     ev_day = events["timestamp"] // 86_400
     first_seen = events.assign(day=ev_day).groupby("item_id")["day"].min()
-    rated = events.groupby("user_id")["item_id"].agg(set)
+    taken_up = events.assign(day=ev_day).groupby(["user_id", "item_id"])["day"].min()
     rating_of = events.set_index(["user_id", "item_id"])["rating"]
     assert len(out) > 0
     assert out["day"].between(D + 20, D + 29).all()
@@ -110,6 +111,7 @@ def test_build_queries_invariants(spark, seed: int) -> None:
     n_queries = out.groupby(["user_id", "day"]).ngroups
     assert sorted(out["query_id"].unique()) == list(range(n_queries))
     assert (out.groupby("query_id")[["user_id", "day"]].nunique() == 1).all().all()
+    later = 0
     for _, q in out.groupby("query_id"):
         user, day = int(q["user_id"].iloc[0]), int(q["day"].iloc[0])
         pos, neg = q[q["label"] > 0], q[q["label"] == 0]
@@ -119,9 +121,13 @@ def test_build_queries_invariants(spark, seed: int) -> None:
             assert rating_of[(user, item)] == label  # the label is the rating...
             day_of = ev_day[(events["user_id"] == user) & (events["item_id"] == item)]
             assert (day_of == day).any()  # ...given on the query day
-        assert not set(neg["item_id"]) & rated[user]  # never rated, at any time
+        for item in neg["item_id"]:  # not the user's by the query day; later is fair
+            since = taken_up.get((user, item))
+            assert since is None or since > day
+            later += since is not None
         assert (first_seen[neg["item_id"]] < day).all()  # in the catalogue strictly before
         assert len(neg) <= 5
+    assert later > 0  # items the user took up later did serve as negatives before
 
 
 def test_build_queries_caps_positives_and_is_deterministic(spark) -> None:
