@@ -517,7 +517,11 @@ def _swap_tag(settings: Settings, original: str) -> tuple[str, bool]:
     features = registry.model_info(original, settings)["metadata"].get("feature_names")
     infos = [registry.model_info(t, settings) for t in registry.list_models(settings)]
     others = [
-        i for i in infos if i["tag"] != original and i["metadata"].get("feature_names") == features
+        i
+        for i in infos
+        if i["tag"] != original
+        and i["metadata"].get("feature_names") == features
+        and i["metadata"].get("gate", {}).get("passed") is True  # promotable
     ]
     bench = [i for i in others if i["metadata"].get("purpose") == "bench hot swap"]
     if bench or others:

@@ -239,6 +239,9 @@ class TrainingSetFacts(Artifact):
     negatives: str  # "impressions" (shown and skipped) or "sampled"
     training_set_hash: str
     bounds: dict[str, int]
+    # lineage: the lake partitions read (range, count, sha256) and the Feast registry's hash
+    partitions: dict[str, Any] | None = None
+    registry_sha256: str | None = None
 
 
 class Training(Artifact):

@@ -216,10 +216,16 @@ def demo(summary_path: Path | None = None) -> None:
 
 @app.command()
 def promote(tag: str, reason: str = "manual promotion") -> None:
-    """Point production at TAG (a running server switches on its next request)."""
+    """Point production at TAG (a running server switches on its next request). Refused
+    for a model whose lineage does not record a passed gate."""
     from pipelines import registry
+    from pipelines.lineage import NotServable
 
-    console.print(registry.promote(tag, get_settings(), reason=reason))
+    try:
+        console.print(registry.promote(tag, get_settings(), reason=reason))
+    except NotServable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -127,8 +127,15 @@ def production_tag(settings: Settings) -> str | None:
 
 
 def promote(tag: str, settings: Settings, reason: str) -> catalog.ProductionPointer:
-    """Point production at ``tag`` (which must exist in the store), keeping the old tag in history."""
-    _bentoml(settings).models.get(tag)  # fail before touching the pointer
+    """Point production at ``tag``, keeping the old tag in history. The model must exist in
+    the store and its lineage must record a passed gate (``lineage.NotServable`` if not)."""
+    from pipelines.lineage import NotServable, check_servable
+
+    model = _bentoml(settings).models.get(tag)  # fail before touching the pointer
+    try:
+        check_servable(dict(model.info.metadata))
+    except NotServable as exc:
+        raise NotServable(f"{tag} cannot be promoted: {exc}") from None
     old = read_pointer(settings)
     previous = list(old.previous) if old else []
     if old and old.tag != tag:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import gc
 import logging
-import subprocess
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 
 from pipelines import catalog, contracts
-from pipelines.config import PROJECT_ROOT, get_settings
+from pipelines.config import get_settings
 from pipelines.runs import stage
 
 log = logging.getLogger(__name__)
@@ -199,9 +198,9 @@ def build_training_set(logical_date: date) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines import feature_store
+    from pipelines import feature_store, lineage
     from pipelines import training_set as ts
-    from pipelines.ingest import lake_events
+    from pipelines.ingest import lake_days, lake_events
     from pipelines.spark import get_spark
     from pipelines.validation import failure_message, validate_training_set
 
@@ -252,6 +251,10 @@ def build_training_set(logical_date: date) -> dict:
             written["train"], [*contracts.MODEL_FEATURES, "label", "query_id"]
         ),
         "bounds": queries["bounds"],
+        "partitions": lineage.partitions(
+            settings, [d for d in lake_days(settings) if d <= logical_date]
+        ),
+        "registry_sha256": lineage.registry_hash(feature_store.open_store(settings)),
     }
     catalog.TRAINING_SET_FACTS.save(settings, out, date=logical_date)
     return out
@@ -437,44 +440,37 @@ def gate(logical_date: date) -> dict:
     return decision
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 @stage("register")
 def register(logical_date: date) -> dict:
     """Save the candidate in the model store with its lineage (promoted or not)."""
 
-    from pipelines import registry
+    from pipelines import lineage, registry
 
     settings = get_settings()
     booster = _load_candidate(settings, logical_date)
-    ingested = catalog.INGEST.load_or_none(settings, date=logical_date)
     validation = catalog.VALIDATION.load_or_none(settings, date=logical_date)
+    features = catalog.FEATURES_VALIDATION.load_or_none(settings, date=logical_date)
     training_set = catalog.TRAINING_SET_FACTS.load_or_none(settings, date=logical_date)
     training = catalog.TRAINING.load_or_none(settings, date=logical_date)
     evaluation = catalog.EVALUATION.load_or_none(settings, date=logical_date)
     decision = catalog.GATE.load_or_none(settings, date=logical_date)
     metadata = {
         "logical_date": logical_date.isoformat(),
-        "partitions": [d.isoformat() for d in ingested.partitions] if ingested else [],
-        "validation": {
-            "passed": validation.passed if validation else None,
-            "suites": {k: v.success for k, v in validation.suites.items()} if validation else {},
+        "partitions": training_set.partitions if training_set else None,
+        "validation": lineage.suites(validation),
+        "features_validation": {
+            kind: lineage.suites(result)
+            for kind, result in (features.root if features else {}).items()
         },
+        "training_set_validation": lineage.suites(
+            catalog.TRAINING_SET_VALIDATION.load_or_none(settings, date=logical_date)
+        ),
         "feature_service": contracts.FEATURE_SERVICE,
+        "feast_registry_sha256": training_set.registry_sha256 if training_set else None,
         "training_set_hash": training_set.training_set_hash if training_set else None,
         "training_rows": training_set.train_rows if training_set else None,
-        "git_sha": _git_sha(),
+        "code": lineage.code_version(),
+        "libraries": lineage.library_versions(),
         "params": training.params if training else {},
         "metrics": evaluation.metrics if evaluation else {},
         "gate": decision.model_dump(mode="json") if decision else {},

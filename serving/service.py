@@ -175,14 +175,15 @@ class _Model:
             threading.Thread(target=self._load, args=(tag,), daemon=True).start()
 
     def _load(self, tag: str) -> None:
-        from pipelines import registry
+        from pipelines import lineage, registry
 
         try:
+            info = registry.model_info(tag, self.settings)
+            lineage.check_servable(info["metadata"])
             booster = registry.load_booster(tag, self.settings)
             # One request is ~100 rows: OpenMP threads cost more than they save, and
             # with several workers on few cores they fight each other.
             booster.set_param({"nthread": self.settings.serving_predict_threads})
-            info = registry.model_info(tag, self.settings)
             columns = info["metadata"].get("feature_names") or list(contracts.MODEL_FEATURES)
             if booster.num_features() != len(columns):
                 raise ValueError(
@@ -190,6 +191,10 @@ class _Model:
                     f"{len(columns)}"
                 )
             index = np.array([contracts.MODEL_FEATURES.index(c) for c in columns])
+        except lineage.NotServable as exc:  # keep serving the previous model, if any
+            self.error = f"refusing to load model {tag!r}: {exc}"
+            log.error(self.error)
+            return
         except Exception as exc:  # keep serving the previous model, if any
             self.error = f"cannot load model {tag!r}: {exc}"
             log.exception("cannot load model %s", tag)

@@ -90,13 +90,29 @@ def test_each_stage_records_its_memory_and_cpu(world):
 
 
 def test_model_lineage_is_recorded(world):
-    from pipelines import registry
+    import xgboost
+
+    from pipelines import feature_store, lineage, registry
 
     summary = _summary(world, world.first_run)
     meta = registry.model_info(summary.model_tag, world.settings)["metadata"]
     assert meta["feature_service"] == "ranker_v1"
     assert meta["validation"]["passed"] is True
-    assert world.first_run.isoformat() in meta["partitions"]
+    assert meta["features_validation"]["user"]["passed"] is True
+    assert meta["features_validation"]["item"]["passed"] is True
+    assert meta["training_set_validation"]["passed"] is True
+    lake = catalog.LAKE.dates(world.settings)
+    trained_on = [d for d in lake if d <= world.first_run]
+    assert meta["partitions"]["first"] == trained_on[0].isoformat()
+    assert meta["partitions"]["last"] == world.first_run.isoformat()
+    assert meta["partitions"]["count"] == len(trained_on)
+    assert meta["partitions"]["sha256"] == lineage.partitions(world.settings, trained_on)["sha256"]
+    store = feature_store.open_store(world.settings)
+    assert meta["feast_registry_sha256"] == lineage.registry_hash(store)
+    assert meta["libraries"]["xgboost"] == xgboost.__version__
+    assert set(meta["libraries"]) == set(lineage.LIBRARIES)
+    assert len(meta["code"]["sha"]) == 40 and isinstance(meta["code"]["dirty"], bool)
+    assert meta["gate"]["passed"] is True
     assert len(meta["training_set_hash"]) == 16
     assert meta["params"]["objective"] == "rank:ndcg"
     assert meta["metrics"]["model"]["ndcg@10"] == summary.metrics["model"]["ndcg@10"]

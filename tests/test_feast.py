@@ -139,3 +139,24 @@ def test_feast_apply_between_runs_keeps_the_materialization_watermark(store_sett
     assert second["start"] == first["end"]
     online = feature_store.online_features(store_settings, 1, [1, 2])
     assert online["item_pop_all"].tolist() == [11.0, 21.0]  # the day-3 rows arrived
+
+
+def test_the_registry_hash_names_the_definitions_not_the_registration(store_settings):
+    """The lineage's registry hash: unchanged by a re-apply and a materialization, changed
+    by a changed definition (a view's TTL)."""
+    from pipelines import feature_store, lineage
+
+    feature_store.apply(store_settings)
+    store = feature_store.open_store(store_settings)
+    before = lineage.registry_hash(store)
+    feature_store.materialize(store_settings, DAY[0], DAY[4])
+    feature_store.apply(store_settings)
+    assert lineage.registry_hash(feature_store.open_store(store_settings)) == before
+    view = store.get_feature_view(contracts.USER_VIEW)
+    view.ttl = view.ttl + timedelta(days=1)
+    store.apply([view])
+    try:
+        assert lineage.registry_hash(feature_store.open_store(store_settings)) != before
+    finally:
+        feature_store.apply(store_settings)  # the repo's own definitions again
+    assert lineage.registry_hash(feature_store.open_store(store_settings)) == before

@@ -108,7 +108,12 @@ def world(tmp_path_factory) -> World:
         feature_store.materialize(
             settings, SNAPSHOTS[0] - timedelta(days=1), SNAPSHOTS[-1] + timedelta(days=1)
         )
-        lineage = {"git_sha": "test", "metrics": {"ndcg@10": 0.5}, "params": {"max_depth": 3}}
+        lineage = {
+            "code": {"sha": "test"},
+            "metrics": {"ndcg@10": 0.5},
+            "params": {"max_depth": 3},
+            "gate": {"passed": True, "reason": "fixture"},
+        }
         tag_a = registry.save_model(_booster(1), metadata=lineage, settings=settings)
         tag_b = registry.save_model(_booster(2), metadata=lineage, settings=settings)
         registry.promote(tag_a, settings, reason="fixture")
@@ -227,7 +232,7 @@ def test_model_version(client, world):
     assert resp.status_code == 200
     body = resp.json()
     assert body["model_version"] == world.tag_a
-    assert body["metadata"]["git_sha"] == "test"
+    assert body["metadata"]["code"] == {"sha": "test"}
     assert body["metadata"]["feature_service"] == contracts.FEATURE_SERVICE
 
 
@@ -246,7 +251,60 @@ def test_no_loadable_model_is_a_clear_503(world, monkeypatch):
         assert b"doesnotexist" in resp.body
 
 
+def test_a_model_that_did_not_pass_the_gate_is_refused_with_a_clear_log_line(
+    world, monkeypatch, caplog
+):
+    from pipelines import registry
+    from serving.service import Ranker
+
+    tag = registry.save_model(
+        _booster(3),
+        metadata={"gate": {"passed": False, "reason": "below popularity"}},
+        settings=world.settings,
+    )
+    monkeypatch.setenv("CR_MODEL_TAG", tag)
+    ranker = Ranker.inner()
+    with caplog.at_level("ERROR"):
+        assert ranker.__is_ready__() is False
+    assert ranker.model.current is None
+    refused = [r.getMessage() for r in caplog.records if "refusing to load" in r.getMessage()]
+    assert refused and "did not pass the promotion gate (below popularity)" in refused[0]
+    assert ranker.model_version().status_code == 503
+
+
 # --- registry ---------------------------------------------------------------------------------
+
+
+def test_promotion_is_refused_without_a_passed_gate_by_the_api_and_the_cli(world):
+    import os
+    import subprocess
+    import sys
+
+    from pipelines import registry
+    from pipelines.config import PROJECT_ROOT
+    from pipelines.lineage import NotServable
+
+    failed = registry.save_model(
+        _booster(4),
+        metadata={"gate": {"passed": False, "reason": "slices"}},
+        settings=world.settings,
+    )
+    unchecked = registry.save_model(_booster(5), metadata={}, settings=world.settings)
+    pointer = catalog.PRODUCTION.path(world.settings).read_bytes()
+    with pytest.raises(NotServable, match="cannot be promoted.*promotion gate \\(slices\\)"):
+        registry.promote(failed, world.settings, reason="by hand")
+    with pytest.raises(NotServable, match="no gate decision is recorded"):
+        registry.promote(unchecked, world.settings, reason="by hand")
+    cli = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "promote", failed],
+        cwd=PROJECT_ROOT,
+        env=os.environ | {"COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 1
+    assert "cannot be promoted" in cli.stdout and "did not pass the promotion gate" in cli.stdout
+    assert catalog.PRODUCTION.path(world.settings).read_bytes() == pointer  # untouched
 
 
 def test_promote_and_rollback_keep_history(world):

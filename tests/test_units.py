@@ -452,3 +452,50 @@ def test_a_spark_worker_that_exits_keeps_the_cpu_it_used() -> None:
     assert seen > 0.1
     assert resources._cpu([proc], last) == seen  # gone: its last figure, not zero
     assert resources._cpu([proc]) == 0.0  # without the record it would drop out
+
+
+# --------------------------------------------------------------------------- lineage
+
+
+def test_partition_lineage_names_the_range_count_and_bytes(tmp_path: Path) -> None:
+    from pipelines import lineage
+
+    days = [date(2024, 1, d) for d in (3, 1, 2)]
+    for i, day in enumerate(days):
+        path = catalog.LAKE.path(tmp_path, date=day)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"rows of day %d" % i)
+    got = lineage.partitions(tmp_path, days)
+    assert (got["first"], got["last"], got["count"]) == ("2024-01-01", "2024-01-03", 3)
+    assert lineage.partitions(tmp_path, sorted(days)) == got  # order-free
+    assert lineage.partitions(tmp_path, days[:2])["sha256"] != got["sha256"]
+    catalog.LAKE.path(tmp_path, date=days[0]).write_bytes(b"rows of day 0, edited")
+    assert lineage.partitions(tmp_path, days)["sha256"] != got["sha256"]
+    with pytest.raises(ValueError, match="at least one partition"):
+        lineage.partitions(tmp_path, [])
+
+
+@pytest.mark.parametrize(
+    ("meta", "servable"),
+    [
+        ({"gate": {"passed": True, "reason": "beats production"}}, True),
+        ({"gate": {"passed": False, "reason": "below popularity"}}, False),
+        ({"gate": {"passed": "true"}}, False),  # only a recorded True passes
+        ({}, False),
+    ],
+)
+def test_only_a_model_whose_lineage_records_a_passed_gate_is_servable(meta, servable) -> None:
+    from pipelines.lineage import NotServable, check_servable
+
+    if servable:
+        check_servable(meta)
+    else:
+        with pytest.raises(NotServable, match="did not pass the promotion gate"):
+            check_servable(meta)
+
+
+def test_code_version_is_a_sha_and_a_dirty_flag() -> None:
+    from pipelines.lineage import code_version
+
+    version = code_version()
+    assert len(version["sha"]) == 40 and isinstance(version["dirty"], bool)
