@@ -5,7 +5,8 @@ Retrains the content-feed ranker for one day of interactions:
 
 ingest → validate (Great Expectations) → features (Spark) → materialize (Feast) →
 training set (Spark, point in time over Feast's views) → train (SparkXGBRanker) → evaluate →
-monitor (skew, drift) → gate → register (BentoML) → infra-validate → promote → summary.
+monitor (skew, drift) → gate → refit (through the logical date, if the gate passed) →
+register (BentoML) → infra-validate → promote → summary.
 
 Every task is one call into `pipelines.tasks` with the logical date; data moves
 through storage keyed by that date, so a re-run overwrites and never duplicates.
@@ -112,6 +113,12 @@ def ranker_training():
         return tasks.gate(ds)
 
     @task
+    def refit(ds: str | None = None) -> dict:
+        from pipelines import tasks
+
+        return tasks.refit(ds)
+
+    @task
     def register(ds: str | None = None) -> dict:
         from pipelines import tasks
 
@@ -145,6 +152,7 @@ def ranker_training():
         >> evaluate()
         >> monitor()
         >> gate()
+        >> refit()
         >> register()
         >> infra_validate()
         >> promote()

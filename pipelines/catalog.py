@@ -252,11 +252,28 @@ class Training(Artifact):
 
 
 class Evaluation(Artifact):
-    """NDCG and friends per ranker (model, random, popularity, production, oracle)."""
+    """NDCG and friends per ranker (model, random, popularity, production, oracle).
+    ``production_scored_tag`` is the model scored as production: production's evaluated
+    twin when production is a refit (trained into this holdout), else production."""
 
     metrics: dict[str, dict[str, int | float] | None]
     production_tag: str | None
     slices: list[str]
+    production_scored_tag: str | None = None
+
+
+class Refit(Artifact):
+    """The candidate's configuration fit again on every query through the logical date
+    (training window and holdout), when the gate passed; ``refit`` False says why not."""
+
+    refit: bool
+    reason: str
+    candidate_sha256: str  # the evaluated candidate this decision is about
+    rows: int = 0
+    queries: int = 0
+    first_day: date | None = None
+    last_day: date | None = None
+    trees: int = 0
 
 
 class Monitoring(Artifact):
@@ -274,7 +291,11 @@ class GateDecision(Artifact):
 
 
 class Registration(Artifact):
+    """``model_tag`` is the model to validate and promote: the refit, when there is one.
+    ``evaluated_tag`` is the model the gate evaluated (the same tag without a refit)."""
+
     model_tag: str
+    evaluated_tag: str | None = None
 
 
 class InfraValidation(Artifact):
@@ -338,6 +359,7 @@ class Summary(Artifact):
     promotion_reason: str | None
     infra_validation: InfraValidation | None
     training_set: TrainingSetFacts | None
+    refit: Refit | None = None
     monitoring: Monitoring | None
     timings_s: dict[str, float]
     resources: dict[str, StageCost]
@@ -556,6 +578,12 @@ MONITORING = Entry(
     model=Monitoring,
 )
 GATE = Entry(f"{RUN}/gate.json", Format.JSON, "the promotion gate's decision", model=GateDecision)
+REFIT_CANDIDATE = Entry(
+    f"{RUN}/refit.ubj", Format.XGBOOST, "the candidate refit through the logical date"
+)
+REFIT = Entry(
+    f"{RUN}/refit.json", Format.JSON, "whether and on what the candidate was refit", model=Refit
+)
 REGISTRATION = Entry(
     f"{RUN}/register.json",
     Format.JSON,

@@ -51,6 +51,7 @@ RUN_STAGES = (
     "evaluate",
     "monitor",
     "gate",
+    "refit",
     "register",
     "infra_validate",
     "promote",
@@ -177,6 +178,11 @@ def report(summary_path: Path | None = None) -> None:
     gate = summary.gate
     console.print(f"gate passed: {gate.passed} ({gate.reason})")
     console.print(f"model: {summary.model_tag}  promoted: {summary.promoted}")
+    if summary.refit is not None and summary.refit.refit:
+        refit = summary.refit
+        console.print(
+            f"served model refit on {refit.queries} queries, {refit.first_day} .. {refit.last_day}"
+        )
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary.timings_s.items())
     console.print(f"timings: {timings}")
     console.print(f"summary: {path}")

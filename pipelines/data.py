@@ -34,6 +34,8 @@ from pipelines import catalog
 from pipelines.contracts import GENRE_SLOTS, INTERACTION_COLUMNS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyspark.sql import SparkSession
 
     from pipelines.config import Settings
@@ -171,9 +173,12 @@ def truth_by_day(truth: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_ts").reset_index(drop=True)
 
 
-def holdout_truth(spark: SparkSession, settings, keys: pd.DataFrame) -> pd.DataFrame | None:
+def holdout_truth(
+    spark: Callable[[], SparkSession], settings, keys: pd.DataFrame
+) -> pd.DataFrame | None:
     """The data set's truth (``p_engage``) for ``keys`` (external ``user_id``, ``item_id``,
-    ``day``), or None if it has none.
+    ``day``), or None if it has none. ``spark`` gives the session, called only when there
+    is a truth to join: a task process of a data set without one starts no JVM here.
 
     Joined in Spark: the truth holds a row per impression (every event of a synthetic feed),
     and read on the driver, even in Arrow batches, 10M rows of it left 700 MB allocated
@@ -189,7 +194,8 @@ def holdout_truth(spark: SparkSession, settings, keys: pd.DataFrame) -> pd.DataF
     if wanted.empty:
         return pd.DataFrame({**{c: wanted[c] for c in on}, "p_engage": pd.Series(dtype=float)})
     truth = (
-        spark.read.parquet(str(path))
+        spark()
+        .read.parquet(str(path))
         .where(F.col("day").between(int(wanted["day"].min()), int(wanted["day"].max())))
         .select(
             F.col("user_id").cast("string"),
@@ -198,7 +204,7 @@ def holdout_truth(spark: SparkSession, settings, keys: pd.DataFrame) -> pd.DataF
             F.col("p_engage").cast("double"),
         )
     )
-    joined = truth.join(F.broadcast(spark.createDataFrame(wanted)), on)
+    joined = truth.join(F.broadcast(truth.sparkSession.createDataFrame(wanted)), on)
     return joined.toPandas()
 
 

@@ -105,6 +105,12 @@ def model_info(tag: str, settings: Settings) -> dict:
     }
 
 
+def evaluated_tag(tag: str, settings: Settings) -> str:
+    """The model the gate evaluated for ``tag``: its ``evaluated_model`` when ``tag`` is a
+    refit, else ``tag`` itself."""
+    return model_info(tag, settings)["metadata"].get("evaluated_model") or tag
+
+
 def list_models(settings: Settings, name: str = DEFAULT_MODEL_NAME) -> list[str]:
     """Every stored tag of ``name``, oldest first."""
     bentoml = _bentoml(settings)

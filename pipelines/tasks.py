@@ -285,12 +285,13 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
     return out
 
 
-def _load_candidate(settings, logical_date: date):
-    """The booster ``train`` left for the run of ``logical_date``."""
+def _load_candidate(settings, logical_date: date, entry: catalog.Entry = catalog.CANDIDATE):
+    """The booster ``train`` (or, with ``catalog.REFIT_CANDIDATE``, ``refit``) left for the
+    run of ``logical_date``."""
     import xgboost
 
     booster = xgboost.Booster()
-    booster.load_model(catalog.CANDIDATE.path(settings, date=logical_date))
+    booster.load_model(entry.path(settings, date=logical_date))
     return booster
 
 
@@ -310,13 +311,16 @@ def evaluate(logical_date: date) -> dict:
     scores = {"model": scoring.score(candidate, matrix)}
     scores |= evaluation.baseline_scores(holdout, settings.seed)
     production = registry.production_tag(settings)
-    if production is not None:
-        scores["production"] = scoring.score(registry.load_booster(production, settings), matrix)
+    # A refit production model was trained into this holdout: score its evaluated twin,
+    # trained as this candidate is, up to the start of its own holdout.
+    scored = registry.evaluated_tag(production, settings) if production else None
+    if scored is not None:
+        scores["production"] = scoring.score(registry.load_booster(scored, settings), matrix)
     del matrix
     users = ids.read_mapping(catalog.USER_IDS.path(settings))
     items = ids.read_mapping(catalog.ITEM_IDS.path(settings))
     keys = evaluation.external_keys(holdout, users, items)
-    truth = holdout_truth(get_spark(settings), settings, keys)
+    truth = holdout_truth(lambda: get_spark(settings), settings, keys)
     if truth is not None:
         scores["oracle"] = evaluation.oracle_scores(holdout, truth, users, items)
     metrics: dict[str, dict | None] = {"production": None}
@@ -333,7 +337,12 @@ def evaluate(logical_date: date) -> dict:
     frame = pd.DataFrame(per_query).join(slices)
     with catalog.atomic_path(catalog.PER_QUERY.path(settings, date=logical_date)) as tmp:
         frame.reset_index().to_parquet(tmp, index=False)
-    out = {"metrics": metrics, "production_tag": production, "slices": list(slices.columns)}
+    out = {
+        "metrics": metrics,
+        "production_tag": production,
+        "production_scored_tag": scored,
+        "slices": list(slices.columns),
+    }
     catalog.EVALUATION.save(settings, out, date=logical_date)
     return out
 
@@ -440,11 +449,70 @@ def gate(logical_date: date) -> dict:
     return decision
 
 
+def _candidate_sha256(settings, logical_date: date) -> str:
+    import hashlib
+
+    with open(catalog.CANDIDATE.path(settings, date=logical_date), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@stage("refit")
+def refit(logical_date: date) -> dict:
+    """When the gate passed: the candidate's configuration fit again on every query through
+    the logical date (its training window and the holdout), so that production learns from
+    its last days too. The gate's evidence is the candidate's; the refit is what is served."""
+    settings = get_settings()
+    decision = catalog.GATE.load(settings, date=logical_date)
+    candidate = _candidate_sha256(settings, logical_date)
+    if not decision.passed:
+        out = {
+            "refit": False,
+            "reason": "the gate did not pass: the candidate is not refit",
+            "candidate_sha256": candidate,
+        }
+    else:
+        from pyspark.sql import functions as F
+
+        from pipelines import training
+        from pipelines import training_set as ts
+        from pipelines.spark import get_spark
+
+        spark = get_spark(settings)
+        rows = ts.refit_rows(
+            spark.read.parquet(str(catalog.TRAINING_SET.path(settings, date=logical_date))),
+            spark.read.parquet(str(catalog.HOLDOUT.path(settings, date=logical_date))),
+            settings.negatives_per_query,
+            settings.max_positives_per_query,
+            settings.max_train_queries,
+            settings.seed,
+        )
+        params = catalog.TRAINING.load(settings, date=logical_date).params
+        booster = training.train_ranker(rows, params, settings.train_partitions)
+        path = catalog.REFIT_CANDIDATE.path(settings, date=logical_date)
+        catalog.atomic_write(path, bytes(booster.save_raw(raw_format="ubj")))
+        n, queries, first, last = rows.agg(
+            F.count("*"), F.countDistinct("query_id"), F.min("day"), F.max("day")
+        ).first()
+        out = {
+            "refit": True,
+            "reason": "the gate passed: refit through the logical date",
+            "candidate_sha256": candidate,
+            "rows": n,
+            "queries": queries,
+            "first_day": ts.day_to_date(first),
+            "last_day": ts.day_to_date(last),
+            "trees": booster.num_boosted_rounds(),
+        }
+    catalog.REFIT.save(settings, out, date=logical_date)
+    return out
+
+
 @stage("register")
 def register(logical_date: date) -> dict:
-    """Save the candidate in the model store with its lineage (promoted or not)."""
-
+    """Save the candidate in the model store with its lineage (promoted or not), and its
+    refit, when there is one, naming the candidate as the model the gate evaluated."""
     from pipelines import lineage, registry
+    from pipelines.training_set import day_to_date
 
     settings = get_settings()
     booster = _load_candidate(settings, logical_date)
@@ -475,13 +543,34 @@ def register(logical_date: date) -> dict:
         "metrics": evaluation.metrics if evaluation else {},
         "gate": decision.model_dump(mode="json") if decision else {},
     }
-    tag = registry.save_model(
+    if training_set:
+        metadata["trained_through"] = day_to_date(training_set.bounds["train_end"]).isoformat()
+    labels = {"logical_date": logical_date.isoformat()}
+    evaluated = registry.save_model(
         booster,
-        metadata=metadata,
-        labels={"logical_date": logical_date.isoformat()},
+        metadata=metadata | {"role": "evaluated"},
+        labels=labels | {"role": "evaluated"},
         settings=settings,
     )
-    out = {"model_tag": tag}
+    tag = evaluated
+    refit = catalog.REFIT.load_or_none(settings, date=logical_date)
+    if refit is not None and refit.candidate_sha256 != _candidate_sha256(settings, logical_date):
+        raise RuntimeError(f"{logical_date}'s refit is of another candidate: run refit again")
+    if refit is not None and refit.refit:
+        tag = registry.save_model(
+            _load_candidate(settings, logical_date, catalog.REFIT_CANDIDATE),
+            metadata=metadata
+            | {
+                "role": "served",
+                "evaluated_model": evaluated,
+                "trained_through": refit.last_day.isoformat(),
+                "training_rows": refit.rows,
+                "refit": refit.model_dump(mode="json"),
+            },
+            labels=labels | {"role": "served"},
+            settings=settings,
+        )
+    out = {"model_tag": tag, "evaluated_tag": evaluated}
     catalog.REGISTRATION.save(settings, out, date=logical_date)
     return out
 
@@ -591,6 +680,7 @@ def summarize(logical_date: date | str, run_id: str) -> str:
         promotion_reason=promotion.reason if promotion else None,
         infra_validation=catalog.INFRA_VALIDATION.load_or_none(settings, date=day),
         training_set=catalog.TRAINING_SET_FACTS.load_or_none(settings, date=day),
+        refit=catalog.REFIT.load_or_none(settings, date=day),
         monitoring=catalog.MONITORING.load_or_none(settings, date=day),
         timings_s=timings.root if timings else {},
         resources=resources.root if resources else {},

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 
+HOLDOUT_QUERY_IDS = 1 << 40  # the first holdout query id, apart from every training id
+
+
 def _rank(by: list[str], seed: int, *cols: str) -> Column:
     """A seeded pseudo-random order inside each ``by`` group, the same whatever the
     partitioning: a hash of the seed and the row's identity."""
@@ -207,7 +210,7 @@ def queries_for(
 
     Training takes at most ``max_train_queries`` queries of the ``train_days`` before the
     holdout, the holdout at most ``max_holdout_queries`` of the last ``holdout_days``;
-    holdout query ids start at 2**40, apart from every training id.
+    holdout query ids start at :data:`HOLDOUT_QUERY_IDS`, apart from every training id.
     """
     impressions = has_impressions(events)
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
@@ -234,12 +237,47 @@ def queries_for(
         10_000,
         settings.seed + 1,
         impressions,
-        first_query_id=1 << 40,
+        first_query_id=HOLDOUT_QUERY_IDS,
         max_queries=settings.max_holdout_queries,
         cap_seed=settings.seed + 1,
         catalogue=catalogue,
     )
     return {"train": train, "holdout": holdout, "bounds": bounds, "impressions": impressions}
+
+
+def refit_rows(
+    train: DataFrame,
+    holdout: DataFrame,
+    negatives: int,
+    max_positives: int,
+    max_queries: int,
+    seed: int,
+) -> DataFrame:
+    """The training window and the holdout as one training set, under the training
+    protocol: the holdout's queries keep at most ``max_positives`` positives and
+    ``negatives`` negatives (it was built with more, for evaluation), chosen by the
+    seeded hashes :func:`build_queries` uses, and at most ``max_queries`` whole queries
+    are kept in all. A holdout query keeps its pairs: it keeps a positive and, if it had
+    one, a negative."""
+    from pyspark.sql import functions as F
+
+    positive = F.col("label") > 0
+    capped = (
+        holdout.withColumn("_positive", positive)
+        .withColumn("_r", _rank(["query_id", "_positive"], seed, "item_id"))
+        .where(
+            F.when(F.col("_positive"), F.col("_r") <= max_positives).otherwise(
+                F.col("_r") <= negatives
+            )
+        )
+        .drop("_positive", "_r")
+    )
+    # Holdout ids start at HOLDOUT_QUERY_IDS; XGBoost keeps a query id in 32 bits, so they
+    # follow the training ids instead, in the same order.
+    offset = (train.agg(F.max("query_id")).first()[0] or -1) + 1
+    capped = capped.withColumn("query_id", F.col("query_id") - HOLDOUT_QUERY_IDS + offset)
+    rows = train.unionByName(capped)
+    return cap_queries(rows, max_queries, seed)
 
 
 def pairable_queries(frame: DataFrame) -> tuple[DataFrame, int]:

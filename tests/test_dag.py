@@ -18,6 +18,7 @@ EXPECTED_CHAIN = [
     "evaluate",
     "monitor",
     "gate",
+    "refit",
     "register",
     "infra_validate",
     "promote",

@@ -75,8 +75,36 @@ def test_dag_run_trains_evaluates_and_promotes(world):
     assert summary.gate.passed is True and summary.promoted is True
     assert _pointer(world).tag == summary.model_tag
     assert summary.infra_validation.passed is True
+    assert summary.infra_validation.tag == summary.model_tag  # the refit was validated
     for task in ("ingest", "validate", "features", "materialize", "training_set", "train"):
         assert summary.timings_s[task] >= 0
+    assert summary.timings_s["refit"] >= 0
+
+
+def test_the_served_model_is_refit_through_the_logical_date(world):
+    """The gate judged the candidate (trained up to the holdout); what is served is the
+    same configuration refit on the training window and the holdout, through the run's date."""
+    from pipelines import registry
+    from pipelines.training_set import day_to_date
+
+    s = world.settings
+    facts = catalog.TRAINING_SET_FACTS.load(s, date=world.first_run)
+    refit = catalog.REFIT.load(s, date=world.first_run)
+    assert refit.refit is True and refit.trees == 80
+    assert refit.last_day == world.first_run  # the served model's data ends on the date
+    assert refit.first_day == day_to_date(facts.bounds["train_start"])
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(s, date=world.first_run))
+    assert refit.queries == facts.train_queries + facts.holdout_queries
+    assert facts.train_rows < refit.rows < facts.train_rows + len(holdout)  # capped negatives
+    registration = catalog.REGISTRATION.load(s, date=world.first_run)
+    served = registry.model_info(registration.model_tag, s)["metadata"]
+    evaluated = registry.model_info(registration.evaluated_tag, s)["metadata"]
+    assert registration.model_tag != registration.evaluated_tag
+    assert served["role"] == "served" and evaluated["role"] == "evaluated"
+    assert served["evaluated_model"] == registration.evaluated_tag
+    assert served["trained_through"] == world.first_run.isoformat()
+    assert evaluated["trained_through"] == day_to_date(facts.bounds["train_end"]).isoformat()
+    assert served["gate"] == evaluated["gate"] and served["gate"]["passed"] is True
 
 
 def test_each_stage_records_its_memory_and_cpu(world):
@@ -338,15 +366,24 @@ def test_worse_challenger_is_not_promoted(world, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(world.settings.bentoml_home))
     config.get_settings.cache_clear()
     try:
+        from pipelines import registry
+
         before = _pointer(world).tag
         tasks.train(world.first_run, shuffle_labels=True)
         evaluation = tasks.evaluate(world.first_run)
         metrics = evaluation["metrics"]
         assert metrics["production"] is not None
+        # Production is a refit, trained into this holdout: its evaluated twin is scored.
+        twin = registry.model_info(before, world.settings)["metadata"]["evaluated_model"]
+        assert evaluation["production_scored_tag"] == twin != before
         assert metrics["model"]["ndcg@10"] < metrics["popularity"]["ndcg@10"]
         decision = tasks.gate(world.first_run)
         assert decision["passed"] is False and "popularity" in decision["reason"]
-        tasks.register(world.first_run)
+        with pytest.raises(RuntimeError, match="refit is of another candidate"):
+            tasks.register(world.first_run)  # the refit on disk is of the first candidate
+        assert tasks.refit(world.first_run)["refit"] is False
+        registered = tasks.register(world.first_run)
+        assert registered["model_tag"] == registered["evaluated_tag"]  # nothing was refit
         assert tasks.infra_validate(world.first_run)["skipped"] is True
         promotion = tasks.promote(world.first_run)
         assert promotion["promoted"] is False

@@ -460,7 +460,7 @@ def test_truth_is_joined_to_the_holdout_keys_in_spark(spark, tmp_path) -> None:
         {"user_id": ["u1", "u2", "u1"], "item_id": ["b", "a", "a"], "day": [100, 101, 99]}
     )
 
-    got = data.holdout_truth(spark, settings, keys)
+    got = data.holdout_truth(lambda: spark, settings, keys)
 
     assert sorted(map(tuple, got.to_numpy().tolist())) == [
         ("u1", "a", 99, 0.2),
@@ -468,6 +468,6 @@ def test_truth_is_joined_to_the_holdout_keys_in_spark(spark, tmp_path) -> None:
         ("u2", "a", 101, 0.5),
     ]
     assert list(got.columns) == ["user_id", "item_id", "day", "p_engage"]
-    assert data.holdout_truth(spark, settings, keys.iloc[:0]).empty
+    assert data.holdout_truth(lambda: spark, settings, keys.iloc[:0]).empty
     path.unlink()
-    assert data.holdout_truth(spark, settings, keys) is None  # a data set without truth
+    assert data.holdout_truth(lambda: spark, settings, keys) is None  # a data set without truth

@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.training_set import build_queries, cap_queries, pairable_queries, sample_queries
+from pipelines.training_set import (
+    HOLDOUT_QUERY_IDS,
+    build_queries,
+    cap_queries,
+    pairable_queries,
+    refit_rows,
+    sample_queries,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +235,30 @@ def test_capping_while_building_equals_capping_after(spark, impressions: bool) -
     assert built["query_id"].nunique() == 25
     after = after[list(built.columns)].sort_values(["query_id", "item_id"])
     pd.testing.assert_frame_equal(built, after.reset_index(drop=True))
+
+
+def test_refit_rows_put_the_holdout_under_the_training_protocol(spark) -> None:
+    """The refit trains on the training window and the holdout: the holdout's queries keep
+    at most ``max_positives`` positives and ``negatives`` negatives, and their ids follow
+    the training ids (XGBoost keeps 32 bits of a query id); training rows stay as they are."""
+
+    def rows(query: int, labels: list[float]) -> list[tuple]:
+        return [(query, 100 * (query % 100) + i, label, D) for i, label in enumerate(labels)]
+
+    ddl = "query_id long, item_id long, label double, day long"
+    train = spark.createDataFrame(rows(1, [2.0, 0.0, 0.0, 0.0, 0.0]), ddl)
+    first, second = HOLDOUT_QUERY_IDS, HOLDOUT_QUERY_IDS + 1
+    holdout = spark.createDataFrame(
+        rows(first, [5.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0]) + rows(second, [4.0, 0.0]), ddl
+    )
+    out = refit_rows(train, holdout, negatives=2, max_positives=1, max_queries=10, seed=0)
+    got = out.toPandas().groupby("query_id")["label"].agg(lambda x: sorted(x, reverse=True))
+    assert list(got.index) == [1, 2, 3]  # the holdout's ids follow the training ids
+    assert got[1] == [2.0, 0.0, 0.0, 0.0, 0.0]  # a training query is kept whole
+    assert len(got[2]) == 3 and got[2][0] > 0 and got[2][1:] == [0.0, 0.0]
+    assert got[3] == [4.0, 0.0]
+    again = refit_rows(train, holdout, negatives=2, max_positives=1, max_queries=10, seed=0)
+    assert sorted(again.toPandas()["item_id"]) == sorted(out.toPandas()["item_id"])
+    capped = refit_rows(train, holdout, negatives=2, max_positives=1, max_queries=2, seed=0)
+    kept = capped.toPandas().groupby("query_id").size()
+    assert len(kept) == 2 and all(kept[q] == len(got[q]) for q in kept.index)  # whole queries
