@@ -172,7 +172,23 @@ def _load(base: Settings | Path, day: date) -> Inputs:
     inputs["holdout"] = catalog.HOLDOUT.path(base, date=day)
     inputs["logical_date"] = day
     inputs["folder"] = catalog.REPORT.path(base, date=day).parent  # where the report goes
+    inputs["history"] = _history(base, day)
+    inputs["training_set"] = catalog.TRAINING_SET_FACTS.load_or_none(base, date=day)
+    inputs["refit"] = catalog.REFIT.load_or_none(base, date=day)
     return inputs
+
+
+def _history(base: Settings | Path, day: date) -> pd.DataFrame:
+    """NDCG@10 of every run up to ``day`` that evaluated: one row per logical date."""
+    rows = []
+    for run in catalog.EVALUATION.dates(base):
+        if run > day:
+            continue
+        metrics = catalog.EVALUATION.load(base, date=run).metrics
+        promotion = catalog.PROMOTION.load_or_none(base, date=run)
+        row = {r: (metrics.get(r) or {}).get("ndcg@10") for r in RANKERS}
+        rows.append({"date": run, **row, "promoted": promotion.promoted if promotion else None})
+    return pd.DataFrame(rows, columns=["date", *RANKERS, "promoted"])
 
 
 def _rankers(metrics: dict[str, Any]) -> list[str]:
@@ -208,8 +224,12 @@ def _header(inputs: Inputs) -> str:
     summary: catalog.Summary | None = inputs["summary"]
     if summary is not None and summary.run_id:
         facts.append(("run id", summary.run_id))
-    if inputs["register"] is not None:
-        facts.append(("candidate", inputs["register"].model_tag))
+    register: catalog.Registration | None = inputs["register"]
+    if register is not None:
+        evaluated = register.evaluated_tag or register.model_tag
+        facts.append(("candidate (evaluated)", evaluated))
+        if register.model_tag != evaluated:
+            facts.append(("served (refit through the logical date)", register.model_tag))
     if inputs["evaluation"] is not None:
         facts.append(("champion", inputs["evaluation"].production_tag or "none yet"))
     if promotion is not None and promotion.production_tag:
@@ -590,6 +610,89 @@ def _validation_section(inputs: Inputs) -> str | None:
     return "\n".join(parts)
 
 
+def _history_section(inputs: Inputs) -> str | None:
+    """NDCG@10 across runs: the candidate of each run, the champion it met and popularity."""
+    history: pd.DataFrame = inputs["history"]
+    if history.empty:
+        return None
+    rows = [
+        [r.date.isoformat(), r.model, r.production, r.popularity, _status(r.promoted, "yes", "no")]
+        for r in history.itertuples()
+    ]
+    table = _table(["run", "model", "production", "popularity", "promoted"], rows)
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    for ranker in ("model", "production", "popularity"):
+        values = history[ranker].astype(float)
+        if values.notna().any():
+            ax.plot(history["date"], values, marker="o", label=LABELS[ranker], color=_color(ranker))
+    ax.set_ylabel("NDCG@10")
+    ax.legend(fontsize=8)
+    ax.set_title("Holdout NDCG@10 by run")
+    fig.autofmt_xdate()
+    return f"<h2>NDCG@10 history</h2>{table}{_png(fig)}"
+
+
+def _model_card_section(inputs: Inputs) -> str | None:
+    """What the served model is for, what it learnt from, how it scored, where it is weak."""
+    summary: catalog.Summary | None = inputs["summary"]
+    evaluation: catalog.Evaluation | None = inputs["evaluation"]
+    facts: catalog.TrainingSetFacts | None = inputs["training_set"]
+    if evaluation is None or facts is None:
+        return None
+    dataset = summary.dataset.get("name", "?") if summary is not None else "?"
+    refit: catalog.Refit | None = inputs["refit"]
+    metrics = evaluation.metrics
+    model, popularity = (metrics.get(r) or {} for r in ("model", "popularity"))
+    lift = (
+        f"{model['ndcg@10'] / popularity['ndcg@10']:.2f}× popularity"
+        if model.get("ndcg@10") and popularity.get("ndcg@10")
+        else "–"
+    )
+    span = facts.partitions or {}
+    served = (
+        f"refit on {refit.queries} queries from {refit.first_day} to {refit.last_day}"
+        if refit is not None and refit.refit
+        else "the evaluated candidate itself (no refit)"
+    )
+    gate: catalog.GateDecision | None = inputs["gate"]
+    slices = ", ".join(r["slice"] for r in (gate.slices or [])) if gate else ""
+    rows = [
+        [
+            "intended use",
+            "ranking a request's candidate items (up to a few hundred) for a "
+            "user of the feed, by predicted graded engagement; not retrieval, not a policy",
+        ],
+        [
+            "data",
+            f"{dataset}: lake partitions {span.get('first', '?')} "
+            f"to {span.get('last', '?')} ({span.get('count', '?')}); negatives "
+            f"{facts.negatives}",
+        ],
+        [
+            "evaluated on",
+            f"{facts.holdout_queries} holdout queries of the last days before the "
+            f"logical date; trained on {facts.train_queries} queries before them",
+        ],
+        ["served model", served],
+        [
+            "metrics",
+            f"NDCG@10 {_fmt(model.get('ndcg@10'))} ({lift}); "
+            f"MAP@10 {_fmt(model.get('map@10'))}; Recall@10 {_fmt(model.get('recall@10'))}",
+        ],
+        ["slices", slices or "none reported"],
+        [
+            "known limits",
+            "features are counts, mean ratings, genre flags and ages: no "
+            "collaborative or content signal yet; users and items without history get nulls "
+            "and rank mostly by item popularity; the refit has no holdout of its own, so its "
+            "evidence is the evaluated candidate's; with the online store down, /rank falls "
+            "back to popularity",
+        ],
+    ]
+    return f"<h2>Model card</h2>{_table(['', ''], rows)}"
+
+
 def _timings_section(inputs: Inputs) -> str | None:
     """Wall time of each task, in DAG order as recorded."""
     timings = inputs["timings"].root if inputs["timings"] is not None else {}
@@ -604,7 +707,9 @@ def _timings_section(inputs: Inputs) -> str | None:
 
 
 SECTIONS: list[tuple[str, Callable[[Inputs], str | None]]] = [
+    ("Model card", _model_card_section),
     ("Metrics", _metrics_section),
+    ("NDCG@10 history", _history_section),
     ("Slices", _slices_section),
     ("Per-query NDCG@10", _per_query_section),
     ("Champion/challenger significance", _significance_section),

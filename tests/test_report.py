@@ -227,3 +227,57 @@ def test_unnamed_booster_features_map_to_model_features() -> None:
     assert _feature_name("f0") == contracts.MODEL_FEATURES[0]
     assert _feature_name(f"f{len(contracts.MODEL_FEATURES) - 1}") == contracts.MODEL_FEATURES[-1]
     assert _feature_name("genre_match") == "genre_match"
+
+
+def test_model_card_and_ndcg_history(full_run: Path) -> None:
+    """The card names the data, the served refit and the lift; the history has every run."""
+    earlier = date(2003, 2, 27)
+    catalog.EVALUATION.save(
+        full_run,
+        {
+            "metrics": {"model": _metrics(0.5555, 0.4, 0.5), "popularity": _metrics(0.4, 0.3, 0.4)},
+            "production_tag": None,
+            "slices": [],
+        },
+        date=earlier,
+    )
+    catalog.TRAINING_SET_FACTS.save(
+        full_run,
+        {
+            "train_rows": 900,
+            "train_queries": 60,
+            "holdout_rows": 480,
+            "holdout_queries": 40,
+            "unpairable_queries_dropped": 0,
+            "negatives": "sampled",
+            "training_set_hash": "0" * 16,
+            "bounds": {"train_start": 11700, "train_end": 12000, "holdout_end": 12090},
+            "partitions": {"first": "2000-04-25", "last": "2003-02-28", "count": 1000},
+        },
+        date=DAY,
+    )
+    catalog.REFIT.save(
+        full_run,
+        {
+            "refit": True,
+            "reason": "the gate passed",
+            "candidate_sha256": "0" * 64,
+            "rows": 1200,
+            "queries": 100,
+            "first_day": date(2002, 1, 13),
+            "last_day": DAY,
+            "trees": 5,
+        },
+        date=DAY,
+    )
+    text = write_report(full_run, DAY).read_text()
+    card = text[text.index("<h2>Model card") : text.index("<h2>Metrics")]
+    assert "2000-04-25 to 2003-02-28 (1000)" in card
+    assert "refit on 100 queries from 2002-01-13 to 2003-02-28" in card
+    evaluation = catalog.EVALUATION.load(full_run, date=DAY).metrics
+    lift = evaluation["model"]["ndcg@10"] / evaluation["popularity"]["ndcg@10"]
+    assert f"{lift:.2f}× popularity" in card
+    assert "known limits" in card and "cold" in card  # the gate's slices are named
+    history = text[text.index("<h2>NDCG@10 history") :]
+    assert "2003-02-27" in history and "0.5555" in history and "2003-02-28" in history
+    assert history.index("2003-02-27") < history.index("2003-02-28")
