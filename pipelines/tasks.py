@@ -516,6 +516,9 @@ def register(logical_date: date) -> dict:
 
     settings = get_settings()
     booster = _load_candidate(settings, logical_date)
+    refit = catalog.REFIT.load_or_none(settings, date=logical_date)
+    if refit is not None and refit.candidate_sha256 != _candidate_sha256(settings, logical_date):
+        raise RuntimeError(f"{logical_date}'s refit is of another candidate: run refit again")
     validation = catalog.VALIDATION.load_or_none(settings, date=logical_date)
     features = catalog.FEATURES_VALIDATION.load_or_none(settings, date=logical_date)
     training_set = catalog.TRAINING_SET_FACTS.load_or_none(settings, date=logical_date)
@@ -553,9 +556,6 @@ def register(logical_date: date) -> dict:
         settings=settings,
     )
     tag = evaluated
-    refit = catalog.REFIT.load_or_none(settings, date=logical_date)
-    if refit is not None and refit.candidate_sha256 != _candidate_sha256(settings, logical_date):
-        raise RuntimeError(f"{logical_date}'s refit is of another candidate: run refit again")
     if refit is not None and refit.refit:
         tag = registry.save_model(
             _load_candidate(settings, logical_date, catalog.REFIT_CANDIDATE),

@@ -379,8 +379,10 @@ def test_worse_challenger_is_not_promoted(world, monkeypatch):
         assert metrics["model"]["ndcg@10"] < metrics["popularity"]["ndcg@10"]
         decision = tasks.gate(world.first_run)
         assert decision["passed"] is False and "popularity" in decision["reason"]
+        stored = registry.list_models(world.settings)
         with pytest.raises(RuntimeError, match="refit is of another candidate"):
             tasks.register(world.first_run)  # the refit on disk is of the first candidate
+        assert registry.list_models(world.settings) == stored  # refused before storing
         assert tasks.refit(world.first_run)["refit"] is False
         registered = tasks.register(world.first_run)
         assert registered["model_tag"] == registered["evaluated_tag"]  # nothing was refit
