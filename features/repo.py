@@ -52,6 +52,20 @@ item_stats_source = FileSource(
     description="Per-item snapshots; a row at day d uses only events strictly before d.",
 )
 
+user_factors_source = FileSource(
+    name="user_factors_source",
+    path=catalog.FACTOR_TABLE.template.format(kind="user"),  # relative to the data directory
+    timestamp_field="event_timestamp",
+    description="ALS user factors; a snapshot at day d is fit on events strictly before d.",
+)
+
+item_factors_source = FileSource(
+    name="item_factors_source",
+    path=catalog.FACTOR_TABLE.template.format(kind="item"),  # relative to the data directory
+    timestamp_field="event_timestamp",
+    description="ALS item factors; a snapshot at day d is fit on events strictly before d.",
+)
+
 # --- feature views ---
 
 user_activity_fv = FeatureView(
@@ -80,6 +94,32 @@ item_stats_fv = FeatureView(
     tags={"team": "ranking", "entity": "item"},
 )
 
+user_factors_fv = FeatureView(
+    name=contracts.USER_FACTOR_VIEW,
+    entities=[user],
+    ttl=contracts.FEATURE_TTL,
+    schema=[Field(name="user_id", dtype=Int64)]
+    + [Field(name=f, dtype=Float32) for f in contracts.USER_FACTORS],
+    source=user_factors_source,
+    online=True,
+    description="Collaborative (ALS, implicit) user factors; the model uses only als_score.",
+    owner="ranking@content-ranker",
+    tags={"team": "ranking", "entity": "user", "model": "als"},
+)
+
+item_factors_fv = FeatureView(
+    name=contracts.ITEM_FACTOR_VIEW,
+    entities=[item],
+    ttl=contracts.FEATURE_TTL,
+    schema=[Field(name="item_id", dtype=Int64)]
+    + [Field(name=f, dtype=Float32) for f in contracts.ITEM_FACTORS],
+    source=item_factors_source,
+    online=True,
+    description="Collaborative (ALS, implicit) item factors; the model uses only als_score.",
+    owner="ranking@content-ranker",
+    tags={"team": "ranking", "entity": "item", "model": "als"},
+)
+
 # --- on-demand user x item features: the same pandas code runs offline and online ---
 
 
@@ -98,11 +138,33 @@ def user_item_match_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
     return genre_match(inputs)
 
 
+@on_demand_feature_view(
+    sources=[user_factors_fv, item_factors_fv],
+    schema=[Field(name="als_score", dtype=Float64)],
+    mode="pandas",
+    description="User . item of the ALS factors: the collaborative score.",
+    owner="ranking@content-ranker",
+    tags={"team": "ranking", "model": "als"},
+)
+def user_item_als_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds this function from its source text, so it imports what it uses.
+    from pipelines.contracts import als_score
+
+    return als_score(inputs)
+
+
 # --- feature services: one per model version ---
 
 ranker_v1 = FeatureService(
     name=contracts.FEATURE_SERVICE,
-    features=[user_activity_fv, item_stats_fv, user_item_match_odfv],
-    description="Inputs of the XGBoost ranker, v1.",
+    features=[
+        user_activity_fv,
+        item_stats_fv,
+        user_factors_fv,
+        item_factors_fv,
+        user_item_match_odfv,
+        user_item_als_odfv,
+    ],
+    description="Inputs of the XGBoost ranker: activity, content and collaborative features.",
     owner="ranking@content-ranker",
 )

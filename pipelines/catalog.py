@@ -209,6 +209,7 @@ class FeatureTables(Artifact):
     events_read: int
     through: date
     since: datetime | None
+    factors: dict[str, list[int]] = {}  # factor snapshot days: kept ("days") and "fitted"
 
 
 class FeaturesValidation(RootModel[dict[str, ValidationResult]]):
@@ -249,6 +250,16 @@ class Training(Artifact):
     partitions: int
     shuffled_labels: bool
     trees: int
+    ablated: dict[str, list[str]] = {}  # signal -> the inputs its ablation model trained without
+
+
+class Ablation(BaseModel):
+    """One signal's ablation: the same configuration retrained without its inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    features: list[str]
+    ndcg_at_10: float  # of the model trained without them, on the same holdout
+    lift: float  # the candidate's NDCG@10 minus that
 
 
 class Evaluation(Artifact):
@@ -260,6 +271,7 @@ class Evaluation(Artifact):
     production_tag: str | None
     slices: list[str]
     production_scored_tag: str | None = None
+    ablation: dict[str, Ablation] = {}
 
 
 class Refit(Artifact):
@@ -402,6 +414,10 @@ class ProductionPointer(Artifact):
     rolled_back_from: str | None = None
 
 
+class FactorManifest(RootModel[dict[str, str]]):
+    """Per factor snapshot day (a day number), the count and hash of the events before it."""
+
+
 class Watermarks(RootModel[dict[str, datetime]]):
     """Per feature view, the end of the last materialization into the online store."""
 
@@ -503,6 +519,17 @@ FEATURE_STATE = Entry(
     Format.PARQUET_DIR,
     "per-entity running state through a day (exact all-time sums, last active day)",
 )
+FACTOR_TABLE = Entry(
+    "offline/{kind}_factors",
+    Format.PARQUET_DIR,
+    "ALS factor snapshots of users or items, partitioned by snapshot day (pipelines.factors)",
+)
+FACTOR_MANIFEST = Entry(
+    "offline/factor_manifest.json",
+    Format.JSON,
+    "per factor snapshot day, a fingerprint of the events it was fit on",
+    model=FactorManifest,
+)
 ONLINE_STAGING = Entry(
     "feast/staging/{view}", Format.PARQUET_DIR, "the newest row per entity, on its way online"
 )
@@ -578,6 +605,11 @@ MONITORING = Entry(
     model=Monitoring,
 )
 GATE = Entry(f"{RUN}/gate.json", Format.JSON, "the promotion gate's decision", model=GateDecision)
+ABLATION_MODEL = Entry(
+    f"{RUN}/ablation_{{signal}}.ubj",
+    Format.XGBOOST,
+    "the candidate's configuration trained without one signal's inputs (report only)",
+)
 REFIT_CANDIDATE = Entry(
     f"{RUN}/refit.ubj", Format.XGBOOST, "the candidate refit through the logical date"
 )

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
 
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
+    # Collaborative factors (pipelines.factors): ALS snapshots every als_every_days, each fit
+    # on the events before it (the last als_window_days of them; 0 = all).
+    als_every_days: int = 180
+    als_window_days: int = 0
+    als_iterations: int = 10
+    als_reg: float = 0.1
+    als_alpha: float = 1.0
     # materialize streams the newest rows to the online store in batches of this many
     online_write_batch_rows: int = 50_000
 
@@ -78,6 +85,8 @@ class Settings(BaseSettings):
     num_workers: int = 2  # XGBoost workers (Spark tasks) in one fit
     train_partitions: int = 2  # query-grouped partitions; XGBoost regroups to num_workers
     n_estimators: int = 200
+    # train also fits one model per contracts.SIGNALS without that signal, for the report
+    ablation: bool = True
     max_depth: int = 6
     learning_rate: float = 0.1
 

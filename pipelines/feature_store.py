@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -59,9 +60,14 @@ def repo_objects() -> list:
         repo.item,
         repo.user_activity_source,
         repo.item_stats_source,
+        repo.user_factors_source,
+        repo.item_factors_source,
         repo.user_activity_fv,
         repo.item_stats_fv,
+        repo.user_factors_fv,
+        repo.item_factors_fv,
         repo.user_item_match_odfv,
+        repo.user_item_als_odfv,
         repo.ranker_v1,
     ]
 
@@ -83,7 +89,7 @@ def materialize(settings: Settings, start: datetime, end: datetime) -> dict[str,
     store = open_store(settings)
     recorded = catalog.WATERMARKS.load_or_none(settings)
     marks = recorded.root if recorded else {}
-    views = [contracts.USER_VIEW, contracts.ITEM_VIEW]
+    views = list(contracts.ONLINE_VIEWS)
     known = [marks[v].astimezone(UTC) for v in views if v in marks]
     if known and min(known) > end:
         # A backfill of an earlier date: the online store already holds newer rows,
@@ -131,6 +137,9 @@ def load_online(
     view = store.get_feature_view(view_name)
     key = view.entity_columns[0].name
     ts = view.batch_source.timestamp_field
+    if not Path(source_path(store, view.batch_source)).exists():
+        log.warning("%s: no offline table yet, nothing to load", view_name)
+        return 0
     spark = get_spark(settings)
     staged = catalog.ONLINE_STAGING.path(settings, view=view_name)
     columns = [key, ts, *(f.name for f in view.features)]
@@ -235,21 +244,26 @@ def as_of_join(
     return entities.join(found, [key, "event_timestamp"], "left")
 
 
-def _on_demand(frame: DataFrame, odfv: Any) -> DataFrame:
-    """Add an on-demand view's features with the transformation Feast itself runs."""
+def _on_demand(frame: DataFrame, odfvs: list[Any]) -> DataFrame:
+    """Add the on-demand views' features with the transformations Feast itself runs, all
+    in one pass over the rows (a Python worker round trip per view cost as much again)."""
     from feast import types
     from pyspark.sql.types import DoubleType, FloatType, LongType, StructField, StructType
 
     spark_type = {types.Float64: DoubleType(), types.Float32: FloatType(), types.Int64: LongType()}
-    fields = [StructField(f.name, spark_type[f.dtype], True) for f in odfv.features]
+    views = [
+        (odfv.feature_transformation.udf, [f.name for f in odfv.features], odfv.features)
+        for odfv in odfvs
+    ]
+    fields = [StructField(f.name, spark_type[f.dtype], True) for *_, fs in views for f in fs]
     schema = StructType([*frame.schema.fields, *fields])
-    udf = odfv.feature_transformation.udf
-    names = [f.name for f in fields]
 
     def add(batches):
         for batch in batches:
-            out = udf(batch)
-            yield batch.assign(**{n: out[n] for n in names})
+            for udf, names, _ in views:
+                out = udf(batch)
+                batch = batch.assign(**{n: out[n] for n in names})
+            yield batch
 
     return frame.mapInPandas(add, schema)
 
@@ -267,15 +281,17 @@ def historical_features(spark: SparkSession, settings: Settings, entities: DataF
     views, on_demand = service_views(open_store(settings), contracts.FEATURE_SERVICE)
     out = entities
     for view in views:
+        if not Path(view.path).exists():  # no snapshot yet (no factors fit): all missing
+            log.warning("%s: no offline table at %s; its features are null", view.name, view.path)
+            out = out.select("*", *[F.lit(None).cast("float").alias(f) for f in view.features])
+            continue
         snapshots = spark.read.parquet(view.path).select(
             F.col(view.join_key).cast("long").alias(view.join_key),
             F.col(view.timestamp_field).alias("_fts"),
             *view.features,
         )
         out = as_of_join(out, snapshots, view.join_key, view.features, view.ttl_seconds)
-    for odfv in on_demand:
-        out = _on_demand(out, odfv)
-    return out
+    return _on_demand(out, on_demand) if on_demand else out
 
 
 def historical_features_pandas(settings: Settings, entity_df: pd.DataFrame) -> pd.DataFrame:

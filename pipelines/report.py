@@ -633,6 +633,26 @@ def _history_section(inputs: Inputs) -> str | None:
     return f"<h2>NDCG@10 history</h2>{table}{_png(fig)}"
 
 
+def _ablation_section(inputs: Inputs) -> str | None:
+    """What each signal adds on its own: the candidate against the same configuration
+    retrained without that signal's inputs, on the same holdout queries."""
+    evaluation: catalog.Evaluation | None = inputs["evaluation"]
+    if evaluation is None or not evaluation.ablation:
+        return None
+    model = (evaluation.metrics.get("model") or {}).get("ndcg@10")
+    rows: list[list[Any]] = [["all signals (the candidate)", "–", model, "–"]]
+    rows += [
+        [f"without {signal}", ", ".join(a.features), a.ndcg_at_10, f"{a.lift:+.4f}"]
+        for signal, a in evaluation.ablation.items()
+    ]
+    note = (
+        '<p class="muted">Each row is the candidate\'s configuration trained again with the '
+        "listed inputs missing, scored on the same holdout queries; lift = the candidate's "
+        "NDCG@10 minus that row's.</p>"
+    )
+    return f"<h2>Signal ablation</h2>{_table(['model', 'inputs removed', 'NDCG@10', 'lift'], rows)}{note}"
+
+
 def _model_card_section(inputs: Inputs) -> str | None:
     """What the served model is for, what it learnt from, how it scored, where it is weak."""
     summary: catalog.Summary | None = inputs["summary"]
@@ -683,9 +703,10 @@ def _model_card_section(inputs: Inputs) -> str | None:
         ["slices", slices or "none reported"],
         [
             "known limits",
-            "features are counts, mean ratings, genre flags and ages: no "
-            "collaborative or content signal yet; users and items without history get nulls "
-            "and rank mostly by item popularity; the refit has no holdout of its own, so its "
+            "features are counts, mean ratings, genre flags, ages and an ALS (collaborative) "
+            "score; no content signal from titles yet; users and items newer than the last "
+            "factor snapshot have no collaborative score, and those without history get "
+            "nulls and rank mostly by item popularity; the refit has no holdout of its own, so its "
             "evidence is the evaluated candidate's; with the online store down, /rank falls "
             "back to popularity",
         ],
@@ -709,6 +730,7 @@ def _timings_section(inputs: Inputs) -> str | None:
 SECTIONS: list[tuple[str, Callable[[Inputs], str | None]]] = [
     ("Model card", _model_card_section),
     ("Metrics", _metrics_section),
+    ("Signal ablation", _ablation_section),
     ("NDCG@10 history", _history_section),
     ("Slices", _slices_section),
     ("Per-query NDCG@10", _per_query_section),

@@ -111,10 +111,11 @@ def build_features(logical_date: date) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines import features, ids
+    from pipelines import factors, features, ids
     from pipelines.data import dataset_facts, with_dataset_rating_range
-    from pipelines.ingest import lake_days, lake_frame
+    from pipelines.ingest import lake_days, lake_events, lake_frame
     from pipelines.spark import get_spark, sample_rows
+    from pipelines.training_set import day_bounds
     from pipelines.validation import failure_message, validate_features
 
     settings = get_settings()
@@ -151,6 +152,13 @@ def build_features(logical_date: date) -> dict:
         "since": since.isoformat() if since else None,
     }
     lake.unpersist()
+    # The factors are fit on all events before each snapshot, not only the recent days.
+    bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
+    history = lake_events(spark, settings, through).persist(StorageLevel.MEMORY_AND_DISK)
+    out["factors"] = factors.update_factors(
+        spark, history, settings, bounds["train_start"], features.day_number(through)
+    )
+    history.unpersist()
 
     results = {}
     for kind in ("user", "item"):
@@ -224,7 +232,10 @@ def build_training_set(logical_date: date) -> dict:
         "holdout": catalog.HOLDOUT.path(settings, date=logical_date),
     }
     for split, path in paths.items():
-        rows = kept.where(F.col("split") == split).drop("split")
+        # The factors served only to compute als_score; the model never reads them.
+        rows = kept.where(F.col("split") == split).drop(
+            "split", *contracts.USER_FACTORS, *contracts.ITEM_FACTORS
+        )
         rows.orderBy("query_id", "item_id").write.mode("overwrite").parquet(str(path))
     events.unpersist()
     entities.unpersist()
@@ -275,23 +286,31 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
     booster = training.train_ranker(train_set, params, settings.train_partitions)
     candidate = catalog.CANDIDATE.path(settings, date=logical_date)
     catalog.atomic_write(candidate, bytes(booster.save_raw(raw_format="ubj")))
+    ablated = contracts.SIGNALS if settings.ablation and not shuffle_labels else {}
+    for signal, inputs in ablated.items():
+        ablation = training.train_ranker(train_set, params, settings.train_partitions, inputs)
+        path = catalog.ABLATION_MODEL.path(settings, date=logical_date, signal=signal)
+        catalog.atomic_write(path, bytes(ablation.save_raw(raw_format="ubj")))
     out = {
         "params": params,
         "partitions": settings.train_partitions,
         "shuffled_labels": shuffle_labels,
         "trees": booster.num_boosted_rounds(),
+        "ablated": ablated,
     }
     catalog.TRAINING.save(settings, out, date=logical_date)
     return out
 
 
-def _load_candidate(settings, logical_date: date, entry: catalog.Entry = catalog.CANDIDATE):
+def _load_candidate(
+    settings, logical_date: date, entry: catalog.Entry = catalog.CANDIDATE, **keys: str
+):
     """The booster ``train`` (or, with ``catalog.REFIT_CANDIDATE``, ``refit``) left for the
     run of ``logical_date``."""
     import xgboost
 
     booster = xgboost.Booster()
-    booster.load_model(entry.path(settings, date=logical_date))
+    booster.load_model(entry.path(settings, date=logical_date, **keys))
     return booster
 
 
@@ -309,6 +328,12 @@ def evaluate(logical_date: date) -> dict:
     candidate = _load_candidate(settings, logical_date)
     matrix = scoring.to_matrix(holdout)
     scores = {"model": scoring.score(candidate, matrix)}
+    ablated = catalog.TRAINING.load(settings, date=logical_date).ablated
+    for signal, inputs in ablated.items():
+        model = _load_candidate(settings, logical_date, catalog.ABLATION_MODEL, signal=signal)
+        without = matrix.copy()
+        without[:, [contracts.MODEL_FEATURES.index(f) for f in inputs]] = np.nan
+        scores[f"without {signal}"] = scoring.score(model, without)
     scores |= evaluation.baseline_scores(holdout, settings.seed)
     production = registry.production_tag(settings)
     # A refit production model was trained into this holdout: score its evaluated twin,
@@ -337,11 +362,22 @@ def evaluate(logical_date: date) -> dict:
     frame = pd.DataFrame(per_query).join(slices)
     with catalog.atomic_path(catalog.PER_QUERY.path(settings, date=logical_date)) as tmp:
         frame.reset_index().to_parquet(tmp, index=False)
+    ablation = {
+        signal: {
+            "features": inputs,
+            "ndcg_at_10": metrics.pop(f"without {signal}")["ndcg@10"],
+        }
+        for signal, inputs in ablated.items()
+    }
+    for result in ablation.values():
+        result["lift"] = round(metrics["model"]["ndcg@10"] - result["ndcg_at_10"], 4)
+    per_query = {k: v for k, v in per_query.items() if not k.startswith("without ")}
     out = {
         "metrics": metrics,
         "production_tag": production,
         "production_scored_tag": scored,
         "slices": list(slices.columns),
+        "ablation": ablation,
     }
     catalog.EVALUATION.save(settings, out, date=logical_date)
     return out

@@ -57,10 +57,19 @@ def make_ranker(params: dict[str, Any]) -> SparkXGBRanker:
     )
 
 
-def train_ranker(train: DataFrame, params: dict[str, Any], partitions: int) -> xgboost.Booster:
+def train_ranker(
+    train: DataFrame, params: dict[str, Any], partitions: int, without: list[str] = ()
+) -> xgboost.Booster:
     """Fit ``SparkXGBRanker`` on ``train`` (MODEL_FEATURES, ``label``, ``query_id``), a Spark
     DataFrame all the way: the driver never holds the training rows. With ``partitions``
-    other than ``num_workers``, XGBoost regroups them by range of query id itself."""
+    other than ``num_workers``, XGBoost regroups them by range of query id itself.
+
+    The inputs in ``without`` are set missing: a tree cannot split on them, so the model
+    is the one the other inputs make, with the same columns (an ablation)."""
+    from pyspark.sql import functions as F
+
+    for name in without:
+        train = train.withColumn(name, F.lit(None).cast("float"))
     return make_ranker(params).fit(ranker_input(train, partitions)).get_booster()
 
 

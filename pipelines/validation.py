@@ -35,7 +35,6 @@ from pipelines.contracts import (
     ITEM_FEATURES,
     ITEM_GENRES,
     MODEL_FEATURES,
-    ON_DEMAND_FEATURES,
     USER_AFFINITY,
     USER_FEATURES,
 )
@@ -293,9 +292,11 @@ def _history_null_expectations(settings: Settings) -> list[Any]:
     import great_expectations.expectations as gxe
 
     history = {f: USER_HISTORY for f in USER_FEATURES} | {f: ITEM_HISTORY for f in ITEM_FEATURES}
-    history |= {f: f"{USER_HISTORY} and {ITEM_HISTORY}" for f in ON_DEMAND_FEATURES}
+    history["genre_match"] = f"{USER_HISTORY} and {ITEM_HISTORY}"
     expectations = []
-    for feature in MODEL_FEATURES:
+    # als_score is null exactly where the user or the item is newer than the factor
+    # snapshot its row joined (pipelines.factors): expected, and reported in null_shares.
+    for feature in (f for f in MODEL_FEATURES if f != "als_score"):
         share = (
             "max_training_null_fraction"
             if feature in METADATA_FEATURES
@@ -702,7 +703,8 @@ def validate_training_set(frame: pd.DataFrame, *, settings: Settings, run_name: 
     model handles missing values. Where the user (item) has history, each of its features
     may be null in at most ``max_history_null_fraction`` of those rows (default 0); the
     features that also need optional item metadata (:data:`METADATA_FEATURES`) in at most
-    ``max_training_null_fraction``. ``genre_match`` is judged where both have history.
+    ``max_training_null_fraction``. ``genre_match`` is judged where both have history;
+    ``als_score`` only reported (it is null wherever either side is newer than its factors).
     The result also reports each feature's overall null share (``null_shares``) and the
     shares of rows without user or item history, over the whole frame.
 

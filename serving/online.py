@@ -32,11 +32,26 @@ log = logging.getLogger(__name__)
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
+N_FACTORS = contracts.ALS_RANK
 USER_SLICE = slice(0, N_USER)
 ITEM_SLICE = slice(N_USER, N_USER + N_ITEM)
 AFF_IDX = np.array([contracts.USER_FEATURES.index(f) for f in contracts.USER_AFFINITY])
 GENRE_IDX = np.array([contracts.ITEM_FEATURES.index(f) for f in contracts.ITEM_GENRES])
 POP_IDX = contracts.ITEM_FEATURES.index(contracts.POPULARITY_FEATURE)
+GENRE_MATCH = contracts.MODEL_FEATURES.index("genre_match")
+ALS_SCORE = contracts.MODEL_FEATURES.index("als_score")
+
+# The views each side of a request reads, in the order their columns are laid out: a user
+# row is the user's activity features then its factors (each view stamped on its own), an
+# item row likewise.
+USER_VIEWS = ((contracts.USER_VIEW, contracts.USER_FEATURES),) + (
+    (contracts.USER_FACTOR_VIEW, contracts.USER_FACTORS),
+)
+ITEM_VIEWS = ((contracts.ITEM_VIEW, contracts.ITEM_FEATURES),) + (
+    (contracts.ITEM_FACTOR_VIEW, contracts.ITEM_FACTORS),
+)
+USER_WIDTH = N_USER + N_FACTORS
+ITEM_WIDTH = N_ITEM + N_FACTORS
 
 
 @dataclass
@@ -86,39 +101,51 @@ class Clock:
         return self._now
 
 
-def view_ttls(store: Any) -> tuple[float, float]:
-    """TTL (seconds; 0 = none) of the user and item views, from the Feast registry."""
-    ttl = [store.get_feature_view(v).ttl for v in (contracts.USER_VIEW, contracts.ITEM_VIEW)]
-    return tuple(t.total_seconds() if t else 0.0 for t in ttl)  # type: ignore[return-value]
+def view_ttls(store: Any) -> tuple[np.ndarray, np.ndarray]:
+    """TTL (seconds; 0 = none) of each user view and each item view, from Feast's registry."""
+
+    def ttls(views: tuple) -> np.ndarray:
+        ttl = [store.get_feature_view(name).ttl for name, _ in views]
+        return np.array([t.total_seconds() if t else 0.0 for t in ttl])
+
+    return ttls(USER_VIEWS), ttls(ITEM_VIEWS)
 
 
-def _stale(ts: np.ndarray, now: float, ttl: float) -> np.ndarray:
+def _stale(ts: np.ndarray, now: float, ttl: np.ndarray | float) -> np.ndarray:
     return (ts > 0) & (ttl > 0) & (now - ts > ttl)
 
 
 def assemble(
     user: np.ndarray,
-    user_ts: float,
+    user_ts: np.ndarray,
     items: np.ndarray,
     item_ts: np.ndarray,
     now: float,
-    ttls: tuple[float, float],
+    ttls: tuple[np.ndarray, np.ndarray],
 ) -> FeatureBatch:
-    """Stack user and item features, drop stale ones, add the on-demand feature."""
-    user_stale = bool(_stale(np.array([user_ts]), now, ttls[0])[0])
-    if user_stale:
-        user = np.full(N_USER, np.nan, dtype=np.float32)
-    item_stale = _stale(item_ts, now, ttls[1])
+    """Stack user and item features, drop stale ones, add the on-demand features.
+
+    ``user`` is a user row (``USER_WIDTH``) and ``user_ts`` its views' stamps; ``items``
+    holds an item row per requested item and ``item_ts`` their stamps ([n, views])."""
+    user = np.array(user, dtype=np.float32)
+    user_ts = np.asarray(user_ts, dtype=np.float64)
+    user_stale = _stale(user_ts, now, ttls[0])
+    user[:N_USER][user_stale[0]] = np.nan
+    user[N_USER:][user_stale[1]] = np.nan
+    items = np.array(items, dtype=np.float32)
+    stale = _stale(np.asarray(item_ts, dtype=np.float64), now, ttls[1])
+    items[stale[:, 0], :N_ITEM] = np.nan
+    items[stale[:, 1], N_ITEM:] = np.nan
     n = len(items)
     matrix = np.empty((n, len(contracts.MODEL_FEATURES)), dtype=np.float32)
-    matrix[:, USER_SLICE] = user
-    matrix[:, ITEM_SLICE] = items
-    matrix[item_stale, ITEM_SLICE] = np.nan
-    matrix[:, -1] = contracts.genre_match_values(
-        matrix[0, AFF_IDX] if n else user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
+    matrix[:, USER_SLICE] = user[:N_USER]
+    matrix[:, ITEM_SLICE] = items[:, :N_ITEM]
+    matrix[:, GENRE_MATCH] = contracts.genre_match_values(
+        user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
     )
-    found = user_ts > 0 and not user_stale
-    return FeatureBatch(matrix, found, user_stale, item_stale, now)
+    matrix[:, ALS_SCORE] = contracts.als_score_values(user[N_USER:], items[:, N_ITEM:])
+    found = user_ts[0] > 0 and not user_stale[0]
+    return FeatureBatch(matrix, bool(found), bool(user_stale[0]), stale[:, 0], now)
 
 
 class SdkReader:
@@ -142,11 +169,31 @@ class SdkReader:
         frame = self.store.get_online_features(
             features=self._feature_service(), entity_rows=rows
         ).to_df(include_event_timestamps=True)
-        user = frame[contracts.USER_FEATURES].iloc[0].to_numpy(dtype=np.float32, na_value=np.nan)
-        user_ts = float(frame[f"{contracts.USER_FEATURES[0]}__ts"].iloc[0] or 0)
-        items = frame[contracts.ITEM_FEATURES].to_numpy(dtype=np.float32, na_value=np.nan)
-        item_ts = frame[f"{contracts.ITEM_FEATURES[0]}__ts"].fillna(0).to_numpy(dtype=np.float64)
-        return assemble(user, user_ts, items, item_ts, self.clock.now(), self.ttls)
+
+        def side(views: tuple) -> tuple[np.ndarray, np.ndarray]:
+            columns = [f for _, features in views for f in features]
+            values = frame[columns].to_numpy(dtype=np.float32, na_value=np.nan)
+            stamps = [frame[f"{features[0]}__ts"] for _, features in views]
+            ts = np.stack([_series_seconds(t) for t in stamps], axis=1)
+            return values, ts
+
+        user, user_ts = side(USER_VIEWS)
+        items, item_ts = side(ITEM_VIEWS)
+        return assemble(user[0], user_ts[0], items, item_ts, self.clock.now(), self.ttls)
+
+
+def _series_seconds(stamps: Any) -> np.ndarray:
+    """Epoch seconds of a column of Feast's ``__ts`` values (0 where there is none)."""
+    return np.array([_ts_seconds(t) if t is not None and t == t else 0.0 for t in stamps])
+
+
+def _tables(store: Any, views: tuple) -> list[tuple[str, dict[str, int]]]:
+    """Per view, Feast's SQLite table and the column each feature fills in a row."""
+    out, start = [], 0
+    for name, features in views:
+        out.append((f"{store.project}_{name}", {f: start + i for i, f in enumerate(features)}))
+        start += len(features)
+    return out
 
 
 class _SqliteRows:
@@ -161,55 +208,77 @@ class _SqliteRows:
         self._key = lambda uid: serialize_entity_key(
             EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=uid)]), version
         )
-        self.user_table = f"{store.project}_{contracts.USER_VIEW}"
-        self.item_table = f"{store.project}_{contracts.ITEM_VIEW}"
+        self.user_tables = _tables(store, USER_VIEWS)
+        self.item_tables = _tables(store, ITEM_VIEWS)
+        # One indexed read of every user view per request.
+        self._user_sql = " UNION ALL ".join(
+            f'SELECT {v}, feature_name, value, event_ts FROM "{t}" WHERE entity_key = ?'
+            for v, (t, _) in enumerate(self.user_tables)
+        )
         path = Path(store.config.online_store.path)
         if not path.is_absolute():
             path = Path(store.repo_path) / path
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        self._user_col = {f: i for i, f in enumerate(contracts.USER_FEATURES)}
-        self._item_col = {f: i for i, f in enumerate(contracts.ITEM_FEATURES)}
         self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         from feast.infra.key_encoding_utils import deserialize_entity_key
 
-        rows = self._conn.execute(
-            f'SELECT entity_key, feature_name, value, event_ts FROM "{self.item_table}"'
-        ).fetchall()
-        key_ids: dict[bytes, int] = {}
-        for key, *_ in rows:
-            if key not in key_ids:
-                key_ids[key] = deserialize_entity_key(key, 3).entity_values[0].int64_val
+        per_view, key_ids = [], {}
+        for table, _ in self.item_tables:
+            try:
+                rows = self._conn.execute(
+                    f'SELECT entity_key, feature_name, value, event_ts FROM "{table}"'
+                ).fetchall()
+            except sqlite3.OperationalError:  # a view never materialized has no table
+                rows = []
+            for key, *_ in rows:
+                if key not in key_ids:
+                    key_ids[key] = deserialize_entity_key(key, 3).entity_values[0].int64_val
+            per_view.append(rows)
         size = max(key_ids.values(), default=0) + 1
-        items = np.full((size, N_ITEM), np.nan, dtype=np.float32)
-        item_ts = np.zeros(size)
-        for key, name, blob, ts in rows:
-            col = self._item_col.get(name)
-            if col is not None and blob is not None:
-                row = key_ids[key]
-                items[row, col] = decode_value(blob)
-                item_ts[row] = _ts_seconds(ts)
+        items = np.full((size, ITEM_WIDTH), np.nan, dtype=np.float32)
+        item_ts = np.zeros((size, len(ITEM_VIEWS)))
+        for view, ((_, columns), rows) in enumerate(zip(self.item_tables, per_view, strict=True)):
+            for key, name, blob, ts in rows:
+                col = columns.get(name)
+                if col is not None and blob is not None:
+                    row = key_ids[key]
+                    items[row, col] = decode_value(blob)
+                    item_ts[row, view] = _ts_seconds(ts)
         return items, item_ts
 
-    def user(self, user_id: int) -> tuple[np.ndarray, float]:
-        user = np.full(N_USER, np.nan, dtype=np.float32)
-        user_ts = 0.0
-        for name, blob, ts in self._conn.execute(
-            f'SELECT feature_name, value, event_ts FROM "{self.user_table}" WHERE entity_key = ?',
-            (self._key(user_id),),
-        ):
-            col = self._user_col.get(name)
+    def user(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        user = np.full(USER_WIDTH, np.nan, dtype=np.float32)
+        user_ts = np.zeros(len(USER_VIEWS))
+        key = self._key(user_id)
+        try:
+            rows = self._conn.execute(self._user_sql, (key,) * len(self.user_tables))
+        except sqlite3.OperationalError:  # a view never materialized: read the others
+            rows = [
+                (v, *r) for v, (t, _) in enumerate(self.user_tables) for r in self._maybe(t, key)
+            ]
+        for view, name, blob, ts in rows:
+            col = self.user_tables[view][1].get(name)
             if col is not None and blob is not None:
                 user[col] = decode_value(blob)
-                user_ts = _ts_seconds(ts)
+                user_ts[view] = _ts_seconds(ts)
         return user, user_ts
+
+    def _maybe(self, table: str, key: bytes) -> list:
+        try:
+            return self._conn.execute(
+                f'SELECT feature_name, value, event_ts FROM "{table}" WHERE entity_key = ?', (key,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
 
 
 class _RedisHashes:
     """Feast's Redis online store: a hash per entity key (the serialized key, then the
-    project), a field per feature (murmur3 of ``view:feature``) and ``_ts:view``; read
-    with one HMGET for the user, and in pipelined chunks for every known item."""
+    project) holding every view of that entity, a field per feature (murmur3 of
+    ``view:feature``) and ``_ts:view`` per view; read with one HMGET for the user, and in
+    pipelined chunks for every known item."""
 
     CHUNK = 2_000
 
@@ -230,12 +299,15 @@ class _RedisHashes:
             entity = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=entity_id)])
             return serialize_entity_key(entity, version) + project
 
-        def fields(view: str, features: list[str]) -> list[bytes]:
-            return [_mmh3(f"{view}:{f}") for f in features] + [f"_ts:{view}".encode()]
+        def fields(views: tuple) -> list[bytes]:
+            names = [_mmh3(f"{view}:{f}") for view, features in views for f in features]
+            return names + [f"_ts:{view}".encode() for view, _ in views]
 
         self._key = key
-        self._user_fields = fields(contracts.USER_VIEW, contracts.USER_FEATURES)
-        self._item_fields = fields(contracts.ITEM_VIEW, contracts.ITEM_FEATURES)
+        self._user_fields = fields(USER_VIEWS)
+        self._item_fields = fields(ITEM_VIEWS)
+        self._user_spans = _spans(USER_VIEWS)
+        self._item_spans = _spans(ITEM_VIEWS)
         # Bound every call by the connection string's socket_timeout (infra/cluster sets
         # 0.1 s): a request must never wait on a dead store.
         self._client = RedisOnlineStore()._get_client(store.config.online_store)
@@ -245,33 +317,51 @@ class _RedisHashes:
         self._item_ids = catalog.ITEM_IDS.path(settings)
         self.errors: tuple[type[Exception], ...] = (RedisError, OSError)
 
-    def _row(self, values: list, width: int) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _row(values: list, spans: list[slice]) -> tuple[np.ndarray, np.ndarray]:
+        """A row and its views' stamps from one HMGET (features, then a stamp per view)."""
+        width = spans[-1].stop
         row = np.full(width, np.nan, dtype=np.float32)
         for col, blob in enumerate(values[:width]):
             if blob is not None:
                 row[col] = decode_value(blob)
-        return row, (_proto_ts_seconds(values[width]) if values[width] is not None else 0.0)
+        stamps = values[width:]
+        ts = np.zeros(len(spans))
+        for view, (span, blob) in enumerate(zip(spans, stamps, strict=True)):
+            # a view's stamp counts only with its values (Feast keeps both or neither)
+            if blob is not None:
+                ts[view] = _proto_ts_seconds(blob)
+            else:
+                row[span] = np.nan
+        return row, ts
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         import pyarrow.parquet as pq
 
         known = pq.read_table(self._item_ids, columns=["internal_id"])["internal_id"]
         size = (int(max(known.to_pylist(), default=-1)) + 1) or 1
-        items = np.full((size, N_ITEM), np.nan, dtype=np.float32)
-        item_ts = np.zeros(size)
+        items = np.full((size, ITEM_WIDTH), np.nan, dtype=np.float32)
+        item_ts = np.zeros((size, len(ITEM_VIEWS)))
         for start in range(0, size, self.CHUNK):
             ids = range(start, min(start + self.CHUNK, size))
             pipe = self._client.pipeline(transaction=False)
             for item_id in ids:
                 pipe.hmget(self._key("item_id", item_id), self._item_fields)
             for item_id, values in zip(ids, pipe.execute(), strict=True):
-                items[item_id], item_ts[item_id] = self._row(values, N_ITEM)
+                items[item_id], item_ts[item_id] = self._row(values, self._item_spans)
         return items, item_ts
 
-    def user(self, user_id: int) -> tuple[np.ndarray, float]:
-        return self._row(
-            self._client.hmget(self._key("user_id", user_id), self._user_fields), N_USER
-        )
+    def user(self, user_id: int) -> tuple[np.ndarray, np.ndarray]:
+        values = self._client.hmget(self._key("user_id", user_id), self._user_fields)
+        return self._row(values, self._user_spans)
+
+
+def _spans(views: tuple) -> list[slice]:
+    out, start = [], 0
+    for _, features in views:
+        out.append(slice(start, start + len(features)))
+        start += len(features)
+    return out
 
 
 def decode_value(blob: bytes) -> float:
@@ -312,8 +402,8 @@ class FastReader:
         self.version_file = catalog.WATERMARKS.path(settings)
         self._version: tuple | None = ()
         self._down = False
-        self.items = np.full((1, N_ITEM), np.nan, dtype=np.float32)
-        self.item_ts = np.zeros(1)
+        self.items = np.full((1, ITEM_WIDTH), np.nan, dtype=np.float32)
+        self.item_ts = np.zeros((1, len(ITEM_VIEWS)))
         self.refresh()
 
     def refresh(self) -> bool:
@@ -332,7 +422,8 @@ class FastReader:
 
     def read(self, user_id: int | None, item_ids: list[int]) -> FeatureBatch:
         self.refresh()
-        user, user_ts, unavailable = np.full(N_USER, np.nan, dtype=np.float32), 0.0, False
+        user, unavailable = np.full(USER_WIDTH, np.nan, dtype=np.float32), False
+        user_ts = np.zeros(len(USER_VIEWS))
         if user_id is not None:
             try:
                 user, user_ts = self.rows.user(user_id)
@@ -346,9 +437,9 @@ class FastReader:
         items, item_ts = self.items, self.item_ts
         idx = np.asarray(item_ids, dtype=np.int64)
         inside = idx < len(items)
-        rows = np.full((len(idx), N_ITEM), np.nan, dtype=np.float32)
+        rows = np.full((len(idx), ITEM_WIDTH), np.nan, dtype=np.float32)
         rows[inside] = items[idx[inside]]
-        ts = np.zeros(len(idx))
+        ts = np.zeros((len(idx), len(ITEM_VIEWS)))
         ts[inside] = item_ts[idx[inside]]
         batch = assemble(user, user_ts, rows, ts, self.clock.now(), self.ttls)
         batch.store_unavailable = unavailable

@@ -36,7 +36,9 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
     data_dir = tmp_path_factory.mktemp("e2e")
-    env = worlds.project_env(data_dir, CR_SAMPLE_USERS="160", CR_N_ESTIMATORS="80")
+    env = worlds.project_env(
+        data_dir, CR_SAMPLE_USERS="160", CR_N_ESTIMATORS="80", CR_ABLATION="true"
+    )
     settings = Settings(data_dir=data_dir, sample_users=160)
     worlds.bootstrap(env)
     landed = catalog.LANDING.dates(settings)
@@ -105,6 +107,37 @@ def test_the_served_model_is_refit_through_the_logical_date(world):
     assert served["trained_through"] == world.first_run.isoformat()
     assert evaluated["trained_through"] == day_to_date(facts.bounds["train_end"]).isoformat()
     assert served["gate"] == evaluated["gate"] and served["gate"]["passed"] is True
+
+
+def test_the_collaborative_signal_is_point_in_time_and_ablated(world):
+    """ALS factor snapshots reach the training rows, and the report's ablation is the
+    candidate's configuration retrained without them, on the same holdout."""
+    from pipelines import factors
+    from pipelines.features import day_number
+
+    built = catalog.FEATURES.load(world.settings, date=world.first_run)
+    lake_last = max(catalog.LAKE.dates(world.settings))
+    assert built.factors["days"][-1] == day_number(lake_last) + 1  # the serving snapshot
+    train = pd.read_parquet(catalog.TRAINING_SET.path(world.settings, date=world.first_run))
+    assert train["als_score"].notna().mean() > 0.5
+    # every training row's score comes from a snapshot fit strictly before its query day
+    table = pd.read_parquet(catalog.FACTOR_TABLE.path(world.settings, kind="user"))
+    snapshot_days = sorted(int(d) for d in table[factors.PARTITION].unique())
+    first_query = int(train["event_timestamp"].min().timestamp()) // 86_400
+    assert snapshot_days[0] <= first_query
+    assert not {c for c in train.columns if c.startswith("als_u")}  # only the score is kept
+
+    evaluation = catalog.EVALUATION.load(world.settings, date=world.first_run)
+    ablation = evaluation.ablation["collaborative"]
+    assert ablation.features == ["als_score"]
+    assert ablation.lift == pytest.approx(
+        evaluation.metrics["model"]["ndcg@10"] - ablation.ndcg_at_10, abs=1e-4
+    )
+    assert catalog.ABLATION_MODEL.exists(
+        world.settings, date=world.first_run, signal="collaborative"
+    )
+    report = catalog.REPORT.path(world.settings, date=world.first_run).read_text()
+    assert "Signal ablation" in report and "without collaborative" in report
 
 
 def test_each_stage_records_its_memory_and_cpu(world):

@@ -50,13 +50,17 @@ def test_apply_registers_the_repo(store_settings):
     assert set(applied) >= {
         contracts.USER_VIEW,
         contracts.ITEM_VIEW,
+        contracts.USER_FACTOR_VIEW,
+        contracts.ITEM_FACTOR_VIEW,
         contracts.ODFV,
+        contracts.ALS_ODFV,
         contracts.FEATURE_SERVICE,
     }
     store = feature_store.open_store(store_settings)
     service = store.get_feature_service(contracts.FEATURE_SERVICE)
     names = {f.name for proj in service.feature_view_projections for f in proj.features}
-    assert names == set(contracts.MODEL_FEATURES)
+    # the model's inputs, and the factors the collaborative score is computed from
+    assert names == {*contracts.MODEL_FEATURES, *contracts.USER_FACTORS, *contracts.ITEM_FACTORS}
 
 
 def test_historical_retrieval_is_point_in_time_and_keeps_every_row(store_settings):

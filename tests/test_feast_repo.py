@@ -104,9 +104,14 @@ def test_the_repo_is_the_same_whatever_the_callers_settings(tmp_path):
         "Entity:item",
         "FileSource:user_activity_source",
         "FileSource:item_stats_source",
+        "FileSource:user_factors_source",
+        "FileSource:item_factors_source",
         f"FeatureView:{contracts.USER_VIEW}",
         f"FeatureView:{contracts.ITEM_VIEW}",
+        f"FeatureView:{contracts.USER_FACTOR_VIEW}",
+        f"FeatureView:{contracts.ITEM_FACTOR_VIEW}",
         f"OnDemandFeatureView:{contracts.ODFV}",
+        f"OnDemandFeatureView:{contracts.ALS_ODFV}",
         f"FeatureService:{contracts.FEATURE_SERVICE}",
     }
     assert not local["config_read"]  # importing the repo reads no settings
@@ -131,10 +136,17 @@ def test_sources_resolve_under_the_data_directory(tmp_path):
 
     settings = Settings(data_dir=tmp_path)
     store = open_store(settings)
-    for kind, source in (("user", repo.user_activity_source), ("item", repo.item_stats_source)):
+    sources = (
+        (catalog.FEATURE_TABLE, "user", repo.user_activity_source),
+        (catalog.FEATURE_TABLE, "item", repo.item_stats_source),
+        (catalog.FACTOR_TABLE, "user", repo.user_factors_source),
+        (catalog.FACTOR_TABLE, "item", repo.item_factors_source),
+    )
+    for entry, kind, source in sources:
         assert not Path(source.path).is_absolute()
-        assert source_path(store, source) == str(catalog.FEATURE_TABLE.path(settings, kind=kind))
-    assert repo.user_activity_fv.ttl == repo.item_stats_fv.ttl == contracts.FEATURE_TTL
+        assert source_path(store, source) == str(entry.path(settings, kind=kind))
+    views = (repo.user_activity_fv, repo.item_stats_fv, repo.user_factors_fv, repo.item_factors_fv)
+    assert {v.ttl for v in views} == {contracts.FEATURE_TTL}
 
 
 def _feast(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -154,7 +166,10 @@ def test_feast_plan_on_the_local_yaml_lists_the_repo(tmp_path):
     for line in (
         f"Created feature view {contracts.USER_VIEW}",
         f"Created feature view {contracts.ITEM_VIEW}",
+        f"Created feature view {contracts.USER_FACTOR_VIEW}",
+        f"Created feature view {contracts.ITEM_FACTOR_VIEW}",
         f"Created on demand feature view {contracts.ODFV}",
+        f"Created on demand feature view {contracts.ALS_ODFV}",
         f"Created feature service {contracts.FEATURE_SERVICE}",
     ):
         assert line in plan.stdout, plan.stdout

@@ -68,8 +68,10 @@ def stores(data_dir, connection: str) -> Iterator[tuple]:
 
     users = _snapshots("user_id", contracts.USER_FEATURES, USERS, 1)
     items = _snapshots("item_id", contracts.ITEM_FEATURES, ITEMS, 2)
+    user_factors = _snapshots("user_id", contracts.USER_FACTORS, USERS, 3)
+    item_factors = _snapshots("item_id", contracts.ITEM_FACTORS, ITEMS, 4)
     with (
-        feast_repo(data_dir, users, items) as sqlite,
+        feast_repo(data_dir, users, items, user_factors, item_factors) as sqlite,
         postgres_database() as registry,
         pytest.MonkeyPatch.context() as env,
     ):
@@ -85,10 +87,9 @@ def stores(data_dir, connection: str) -> Iterator[tuple]:
         for settings in (sqlite, on_redis):
             feature_store.apply(settings)
             store = feature_store.open_store(settings)
-            for view in (contracts.USER_VIEW, contracts.ITEM_VIEW):
+            for view in contracts.ONLINE_VIEWS:
                 feature_store.load_online(settings, store, view, DAYS[0], DAYS[-1])
-        views = (contracts.USER_VIEW, contracts.ITEM_VIEW)
-        catalog.WATERMARKS.save(sqlite, dict.fromkeys(views, DAYS[-1]))
+        catalog.WATERMARKS.save(sqlite, dict.fromkeys(contracts.ONLINE_VIEWS, DAYS[-1]))
         yield sqlite, on_redis
 
 
@@ -131,6 +132,7 @@ def test_redis_fast_sqlite_fast_and_the_sdk_agree_on_random_requests(readers):
     )
     booster = xgboost.train({"objective": "rank:ndcg"}, train, num_boost_round=10)
     reference = readers["sqlite-sdk"]
+    scored = 0  # rows with a collaborative score: the factor views were read, not skipped
     for _ in range(40):
         user = int(rng.integers(0, USERS + 3))  # a few users with no row at all
         items = [int(i) for i in rng.integers(0, ITEMS + 5, size=int(rng.integers(1, 60)))]
@@ -145,6 +147,10 @@ def test_redis_fast_sqlite_fast_and_the_sdk_agree_on_random_requests(readers):
             np.testing.assert_allclose(
                 booster.inplace_predict(got.matrix), booster.inplace_predict(want.matrix), rtol=1e-6
             )
+        scored += int(
+            np.isfinite(want.matrix[:, contracts.MODEL_FEATURES.index("als_score")]).sum()
+        )
+    assert scored > 100
 
 
 @pytest.fixture

@@ -43,7 +43,10 @@ def world(tmp_path_factory, spark):
     rng = np.random.default_rng(11)
     users = _snapshots("user_id", contracts.USER_FEATURES, 12, rng)
     items = _snapshots("item_id", contracts.ITEM_FEATURES, 15, rng)
-    n = 400
+    # The factor views' snapshots fall on other days than the activity views'.
+    user_factors = _snapshots("user_id", contracts.USER_FACTORS, 12, rng)
+    item_factors = _snapshots("item_id", contracts.ITEM_FACTORS, 15, rng)
+    n = 900
     stamps = [START + timedelta(seconds=int(s)) for s in rng.integers(0, SPAN_DAYS * 86_400, n)]
     # Every fifth row sits exactly on one of its user's snapshots.
     entity = pd.DataFrame(
@@ -60,7 +63,9 @@ def world(tmp_path_factory, spark):
     entity["on_snapshot"] = entity.index < n // 5
     # One row per (user, timestamp): Feast's Dask store drops the others (see feature_store).
     entity = entity.drop_duplicates(["user_id", "event_timestamp"]).reset_index(drop=True)
-    with feast_repo(tmp_path_factory.mktemp("pit"), users, items) as settings:
+    with feast_repo(
+        tmp_path_factory.mktemp("pit"), users, items, user_factors, item_factors
+    ) as settings:
         from pipelines import feature_store
 
         feature_store.apply(settings)
@@ -88,7 +93,8 @@ def test_equal_to_feast_on_every_row_feast_returns(world):
     assert ours["label"].tolist() == entity["label"].tolist()
     assert len(theirs) >= 100  # enough rows to compare
     mine = ours.set_index("_row").loc[theirs["_row"]]
-    for feature in contracts.MODEL_FEATURES:
+    assert mine["als_score"].notna().sum() >= 50  # the collaborative score was compared
+    for feature in [*contracts.MODEL_FEATURES, *contracts.USER_FACTORS, *contracts.ITEM_FACTORS]:
         np.testing.assert_allclose(
             mine[feature].to_numpy(dtype=float),
             theirs[feature].to_numpy(dtype=float),
@@ -99,7 +105,8 @@ def test_equal_to_feast_on_every_row_feast_returns(world):
     # The rows Feast's file store drops have an entity with snapshots, but none in
     # [t - ttl, t]; a point-in-time join keeps them, with nulls for that view.
     dropped = ours[~ours["_row"].isin(theirs["_row"])]
-    assert (dropped["user_cnt_all"].isna() | dropped["item_pop_all"].isna()).all()
+    one_view_each = ["user_cnt_all", "item_pop_all", "als_u00", "als_i00"]
+    assert dropped[one_view_each].isna().any(axis=1).all()
 
 
 def test_matches_a_brute_force_point_in_time_lookup(world):

@@ -456,10 +456,10 @@ def test_values_older_than_the_ttl_count_as_missing(readers, path):
     reader = fast if path == "fast" else sdk
     fresh = reader.read(1, [1, 2])
     assert not fresh.user_stale and not fresh.item_stale.any()
-    ttl_user, ttl_item = reader.ttls
-    # Move "now" past both TTLs: every value is stale, hence NaN, and says so.
+    longest = max(float(ttl.max()) for ttl in reader.ttls)  # per view, of users and items
+    # Move "now" past every TTL: every value is stale, hence NaN, and says so.
     last_ts = fresh_now = reader.clock.now()
-    reader.clock.now = lambda: last_ts + max(ttl_user, ttl_item) + 86_400
+    reader.clock.now = lambda: last_ts + longest + 86_400
     try:
         stale = reader.read(1, [1, 2])
     finally:

@@ -297,9 +297,11 @@ def test_model_features_contract() -> None:
     feats = contracts.MODEL_FEATURES
     assert len(feats) == len(set(feats))
     assert feats == contracts.USER_FEATURES + contracts.ITEM_FEATURES + contracts.ON_DEMAND_FEATURES
-    # 3 counts + mean + recency + 18 affinities; the same shape for items; 1 on-demand.
-    assert len(feats) == 23 + 23 + 1
-    assert len(contracts.feature_refs()) == len(feats)
+    # 3 counts + mean + recency + 18 affinities; the same shape for items; 2 on-demand.
+    assert len(feats) == 23 + 23 + 2
+    refs = contracts.feature_refs()
+    assert [r.split(":")[1] for r in refs] == feats
+    assert refs[-1] == f"{contracts.ALS_ODFV}:als_score"
 
 
 # ---------------------------------------------------------------------- scoring

@@ -29,6 +29,8 @@ def project_env(data_dir: Path, **overrides: str) -> dict[str, str]:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "BENTOML_HOME": str(data_dir / "bentoml"),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        # a model per ablated signal costs a training each; test_e2e turns it on
+        "CR_ABLATION": "false",
     }
     return env | overrides
 

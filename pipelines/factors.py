@@ -1,0 +1,158 @@
+"""Collaborative factors: Spark MLlib's ALS (implicit preferences), point in time.
+
+A factor snapshot stamped at day ``s`` (00:00 UTC) is fit on events strictly before ``s``,
+so a point-in-time join at any moment of day ``d >= s`` sees nothing of day ``s`` or
+later, exactly as with the activity features. The model never sees raw factors, only the
+on-demand ``als_score`` (user . item, ``contracts.als_score``): the factors of two fits
+live in different bases, but their dot products rank the same preferences, so a model
+trained on older snapshots can score with the newest one.
+
+Snapshots are fit on a grid of days (every ``als_every_days``, counted from the epoch, so
+that every run picks the same days), from one step before the training window to the
+lake's last day, plus one at the day after the lake's last day: the snapshot serving
+reads. A snapshot is fit once and kept; a run refits one of its own days only when the
+events before it changed (a backfilled partition), which the manifest records as a count
+and an order-free hash. The serving snapshots of earlier runs stay as they were: they are
+what was served on those days, so the skew check can join the served rows back to them,
+and later training rows may use them as of their time like any other snapshot. Snapshots
+older than the run's first grid day can no longer be reached by a query and are dropped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipelines import catalog, contracts
+from pipelines.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+PARTITION = "factor_day"  # the snapshot's day number; the folder name of its partition
+
+
+def snapshot_days(first_query_day: int, last_day: int, every: int) -> list[int]:
+    """The days to keep a snapshot for: every grid day from the one at or before
+    ``first_query_day`` through ``last_day``, and ``last_day + 1`` (serving)."""
+    start = first_query_day - first_query_day % every
+    return sorted({*range(start, last_day + 1, every), last_day + 1})
+
+
+def _fingerprints(events: DataFrame, days: list[int]) -> dict[int, str]:
+    """Per snapshot day, a count and order-free hash of the events before it: one pass."""
+    from pyspark.sql import functions as F
+
+    day = F.floor(F.col("timestamp") / 86_400).cast("long")
+    bucket = F.lit(len(days))
+    for i, d in reversed(list(enumerate(days))):
+        bucket = F.when(day < d, F.lit(i)).otherwise(bucket)
+    sums = (
+        events.where("rating > 0")
+        .select(
+            bucket.alias("_b"),
+            F.xxhash64("user_id", "item_id", "timestamp", "rating")
+            .cast("decimal(38,0)")
+            .alias("h"),
+        )
+        .groupBy("_b")
+        .agg(F.count("*").alias("n"), F.sum("h").alias("h"))
+        .collect()
+    )
+    per_bucket = {int(r["_b"]): (int(r["n"]), int(r["h"])) for r in sums}
+    out, n, h = {}, 0, 0
+    for i, d in enumerate(days):
+        bn, bh = per_bucket.get(i, (0, 0))
+        n, h = n + bn, h + bh
+        out[d] = f"{n}:{h}"
+    return out
+
+
+def fit_snapshot(
+    events: DataFrame, day: int, settings: Settings
+) -> tuple[DataFrame, DataFrame] | None:
+    """ALS on the events before ``day`` (rating > 0 = engaged; a (user, item)'s strongest
+    engagement is its confidence). Returns per-user and per-item factor rows stamped at
+    ``day``, or None when there is nothing to fit."""
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    ts = F.col("timestamp")
+    before = events.where((F.col("rating") > 0) & (ts < day * 86_400))
+    if settings.als_window_days:
+        before = before.where(ts >= (day - settings.als_window_days) * 86_400)
+    pairs = before.groupBy("user_id", "item_id").agg(F.max("rating").alias("rating"))
+    if not pairs.limit(1).count():
+        return None
+    als = ALS(
+        rank=contracts.ALS_RANK,
+        maxIter=settings.als_iterations,
+        regParam=settings.als_reg,
+        alpha=settings.als_alpha,
+        implicitPrefs=True,
+        seed=settings.seed,
+        userCol="user_id",
+        itemCol="item_id",
+        ratingCol="rating",
+        # a block per core (the default is 10): each block is a task in every step
+        numUserBlocks=events.sparkSession.sparkContext.defaultParallelism,
+        numItemBlocks=events.sparkSession.sparkContext.defaultParallelism,
+    )
+    model = als.fit(
+        pairs.select(F.col("user_id").cast("int"), F.col("item_id").cast("int"), "rating")
+    )
+    stamp = F.timestamp_seconds(F.lit(day * 86_400)).alias("event_timestamp")
+
+    def columns(frame: DataFrame, key: str, names: list[str]) -> DataFrame:
+        vector = [F.col("features")[k].cast("float").alias(n) for k, n in enumerate(names)]
+        return frame.select(F.col("id").cast("long").alias(key), stamp, *vector)
+
+    return (
+        columns(model.userFactors, "user_id", contracts.USER_FACTORS),
+        columns(model.itemFactors, "item_id", contracts.ITEM_FACTORS),
+    )
+
+
+def _partition(table: Path, day: int) -> Path:
+    return table / f"{PARTITION}={day}"
+
+
+def update_factors(
+    spark: SparkSession, events: DataFrame, settings: Settings, first_query_day: int, last_day: int
+) -> dict:
+    """Bring both factor tables to ``snapshot_days``: fit the snapshots that are missing or
+    whose events changed, write each atomically (a staging folder renamed into place), and
+    drop every snapshot that is no longer wanted. Returns what was fit and kept."""
+    days = snapshot_days(first_query_day, last_day, settings.als_every_days)
+    tables = {k: catalog.FACTOR_TABLE.path(settings, kind=k) for k in ("user", "item")}
+    recorded = catalog.FACTOR_MANIFEST.load_or_none(settings)
+    manifest = dict(recorded.root) if recorded else {}
+    prints = _fingerprints(events, days)
+    fitted, empty = [], []
+    for day in days:
+        done = all(_partition(t, day).exists() for t in tables.values())
+        if done and manifest.get(str(day)) == prints[day]:
+            continue
+        snapshot = fit_snapshot(events, day, settings)
+        if snapshot is None:
+            empty.append(day)
+            continue
+        for table, frame in zip(tables.values(), snapshot, strict=True):
+            staging = table / f"_staging_{PARTITION}={day}"
+            frame.write.mode("overwrite").parquet(str(staging))
+            shutil.rmtree(_partition(table, day), ignore_errors=True)
+            staging.rename(_partition(table, day))
+        manifest[str(day)] = prints[day]
+        fitted.append(day)
+    kept = set()
+    for table in tables.values():
+        for part in table.glob(f"{PARTITION}=*"):
+            day = int(part.name.split("=", 1)[1])
+            if day < days[0]:  # before the window's first grid day: no query reaches it
+                shutil.rmtree(part)
+            else:
+                kept.add(day)
+    manifest = {d: v for d, v in manifest.items() if int(d) in kept}
+    catalog.FACTOR_MANIFEST.save(settings, manifest)
+    return {"days": sorted(kept), "fitted": fitted}

@@ -1,0 +1,101 @@
+"""ALS factor snapshots (pipelines.factors): point in time, kept once fit, refit on change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import catalog, contracts, factors
+from pipelines.config import Settings
+
+DAY = 86_400
+
+
+def _events(spark, rows: list[tuple[int, int, float, int]]):
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "day"])
+    frame["timestamp"] = frame.pop("day") * DAY + 3_600
+    return spark.createDataFrame(frame.astype({"rating": "float64"}))
+
+
+def _world(seed: int, days: range, users: int = 40, items: int = 30) -> list[tuple]:
+    """Two taste groups: users engage with items of their own group."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for day in days:
+        for user in rng.choice(users, size=8, replace=False):
+            group = user % 2
+            item = int(rng.choice(np.arange(group, items, 2)))
+            rows.append((int(user), item, float(rng.integers(1, 4)), day))
+    return rows
+
+
+def _read(settings: Settings, kind: str) -> pd.DataFrame:
+    return pd.read_parquet(catalog.FACTOR_TABLE.path(settings, kind=kind))
+
+
+def test_snapshot_days_are_a_grid_plus_the_serving_day() -> None:
+    assert factors.snapshot_days(105, 250, 50) == [100, 150, 200, 250, 251]
+    assert factors.snapshot_days(100, 149, 50) == [100, 150]  # serving day on the grid
+
+
+def test_als_score_is_the_dot_product_and_null_for_cold_sides() -> None:
+    frame = pd.DataFrame(0.0, index=[0, 1], columns=contracts.USER_FACTORS + contracts.ITEM_FACTORS)
+    frame.loc[0, ["als_u00", "als_i00", "als_u01", "als_i01"]] = [2.0, 3.0, 1.0, -1.0]
+    frame.loc[1, contracts.ITEM_FACTORS] = np.nan  # an item newer than the snapshot
+    out = contracts.als_score(frame)["als_score"]
+    assert out.iloc[0] == pytest.approx(5.0)
+    assert np.isnan(out.iloc[1])
+
+
+def test_a_snapshot_sees_only_events_before_its_day(spark, tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=5)
+    rows = _world(1, range(0, 60))
+    factors.update_factors(spark, _events(spark, rows), settings, first_query_day=20, last_day=59)
+    before = _read(settings, "user")
+    assert sorted(before[factors.PARTITION].unique()) == [20, 40, 60]
+
+    # Other events from day 40 on: snapshots 20 and 40 must not move, 60 must.
+    other = [r for r in rows if r[3] < 40] + _world(2, range(40, 60))
+    out = factors.update_factors(spark, _events(spark, other), settings, 20, 59)
+    assert out["fitted"] == [60]
+    after = _read(settings, "user")
+    for day in (20, 40):
+        a = before[before[factors.PARTITION] == day].sort_values("user_id")
+        b = after[after[factors.PARTITION] == day].sort_values("user_id")
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    # each snapshot is stamped at 00:00 of its day, and holds only entities seen before it
+    stamps = after.groupby(factors.PARTITION, observed=True)["event_timestamp"].first()
+    assert [int(ts.timestamp()) for ts in stamps] == [20 * DAY, 40 * DAY, 60 * DAY]
+    seen_by_20 = {r[0] for r in rows if r[3] < 20}
+    assert set(after[after[factors.PARTITION] == 20]["user_id"]) == seen_by_20
+
+
+def test_snapshots_are_reused_refit_on_a_backfill_and_served_ones_kept(spark, tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=5)
+    rows = _world(3, range(0, 50))
+    events = _events(spark, rows)
+    first = factors.update_factors(spark, events, settings, 20, 44)
+    assert first["fitted"] == [20, 40, 45]
+    assert factors.update_factors(spark, events, settings, 20, 44)["fitted"] == []  # a re-run
+
+    def snapshot(day: int) -> pd.DataFrame:
+        items = _read(settings, "item")
+        rows = items[items[factors.PARTITION] == day].drop(columns=factors.PARTITION)
+        return rows.sort_values("item_id").reset_index(drop=True)
+
+    served = snapshot(45)
+
+    # The next day: only the new serving snapshot is fit; yesterday's, which was served,
+    # stays as it was (the skew check joins served rows back to it).
+    nxt = factors.update_factors(spark, events, settings, 21, 45)
+    assert nxt["fitted"] == [46] and nxt["days"] == [20, 40, 45, 46]
+    assert sorted(_read(settings, "item")[factors.PARTITION].unique()) == [20, 40, 45, 46]
+    pd.testing.assert_frame_equal(snapshot(45), served)
+
+    # A backfilled partition before day 40 changes what snapshots 40 and 46 were fit on.
+    late = _events(spark, [*rows, (0, 1, 3.0, 30)])
+    assert factors.update_factors(spark, late, settings, 21, 45)["fitted"] == [40, 46]
+
+    # Once the window's first grid day is 40, nothing before it can be reached.
+    assert factors.update_factors(spark, late, settings, 41, 45)["days"] == [40, 45, 46]
