@@ -67,14 +67,21 @@ def unpartitioned_store(spark, root: Path) -> Iterator[Any]:
     each, as the old path had them. Feast's Dask store plans a task per file of a table
     partitioned by snapshot date, and on ML-1M's thousand days that alone ran for more
     than 10 minutes: the baseline is the old path as it was, not made slower."""
-    from pipelines import feature_store
+    from pipelines import factors, feature_store
     from pipelines.features import SNAPSHOT_PARTITION
 
     settings = get_settings()
-    for kind in ("user", "item"):
-        source = catalog.FEATURE_TABLE.path(settings, kind=kind)
-        table = spark.read.parquet(str(source)).drop(SNAPSHOT_PARTITION)
-        table.coalesce(1).write.parquet(str(catalog.FEATURE_TABLE.path(root, kind=kind)))
+    tables = [
+        (entry, kind, partition)
+        for entry, partition in (
+            (catalog.FEATURE_TABLE, SNAPSHOT_PARTITION),
+            (catalog.FACTOR_TABLE, factors.PARTITION),
+        )
+        for kind in ("user", "item")
+    ]
+    for entry, kind, partition in tables:
+        table = spark.read.parquet(str(entry.path(settings, kind=kind))).drop(partition)
+        table.coalesce(1).write.parquet(str(entry.path(root, kind=kind)))
     # The repo's sources are relative to the data directory, so a store opened on ``root``
     # reads the copies (its registry and online store are under ``root`` too, locally).
     moved = settings.model_copy(update={"data_dir": root})

@@ -37,7 +37,11 @@ class World:
 def world(tmp_path_factory) -> World:
     data_dir = tmp_path_factory.mktemp("e2e")
     env = worlds.project_env(
-        data_dir, CR_SAMPLE_USERS="160", CR_N_ESTIMATORS="80", CR_ABLATION="true"
+        data_dir,
+        CR_SAMPLE_USERS="160",
+        CR_N_ESTIMATORS="80",
+        CR_ABLATION="true",
+        CR_ALS_EVERY_DAYS=str(Settings.model_fields["als_every_days"].default),
     )
     settings = Settings(data_dir=data_dir, sample_users=160)
     worlds.bootstrap(env)

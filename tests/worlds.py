@@ -31,6 +31,9 @@ def project_env(data_dir: Path, **overrides: str) -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         # a model per ablated signal costs a training each; test_e2e turns it on
         "CR_ABLATION": "false",
+        # one ALS snapshot per run (the serving one; ~12 s a fit on a small slice here),
+        # not the grid's six: test_e2e runs the grid
+        "CR_ALS_EVERY_DAYS": "100000",
     }
     return env | overrides
 
