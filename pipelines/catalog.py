@@ -595,7 +595,7 @@ EVALUATION = Entry(
 PER_QUERY = Entry(
     f"{RUN}/per_query_ndcg.parquet",
     Format.PARQUET,
-    "NDCG@10 per holdout query and ranker, with the query's slices",
+    "NDCG@10 per holdout query and ranker (and per ablation model), with the query's slices",
     columns=("query_id",),
 )
 MONITORING = Entry(

@@ -371,7 +371,6 @@ def evaluate(logical_date: date) -> dict:
     }
     for result in ablation.values():
         result["lift"] = round(metrics["model"]["ndcg@10"] - result["ndcg_at_10"], 4)
-    per_query = {k: v for k, v in per_query.items() if not k.startswith("without ")}
     out = {
         "metrics": metrics,
         "production_tag": production,
