@@ -141,9 +141,7 @@ def test_the_collaborative_signal_is_point_in_time_and_ablated(world):
         world.settings, date=world.first_run, signal="collaborative"
     )
     per_query = pd.read_parquet(catalog.PER_QUERY.path(world.settings, date=world.first_run))
-    assert per_query["without collaborative"].mean() == pytest.approx(
-        ablation.ndcg_at_10, abs=1e-4
-    )
+    assert per_query["without collaborative"].mean() == pytest.approx(ablation.ndcg_at_10, abs=1e-4)
     report = catalog.REPORT.path(world.settings, date=world.first_run).read_text()
     assert "Signal ablation" in report and "without collaborative" in report
 
