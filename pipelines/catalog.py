@@ -243,6 +243,8 @@ class TrainingSetFacts(Artifact):
     # lineage: the lake partitions read (range, count, sha256) and the Feast registry's hash
     partitions: dict[str, Any] | None = None
     registry_sha256: str | None = None
+    # the ALS snapshots its rows could join (day number -> fingerprint of their events)
+    factor_snapshots: dict[str, str] | None = None
 
 
 class Training(Artifact):

@@ -156,3 +156,10 @@ def update_factors(
     manifest = {d: v for d, v in manifest.items() if int(d) in kept}
     catalog.FACTOR_MANIFEST.save(settings, manifest)
     return {"days": sorted(kept), "fitted": fitted}
+
+
+def snapshots_through(settings: Settings, last: int) -> dict[str, str]:
+    """The manifest's snapshots stamped on or before day ``last``: the factor data a run's
+    rows (and its online rows, loaded through ``last``) can join, for the model's lineage."""
+    manifest = catalog.FACTOR_MANIFEST.load_or_none(settings)
+    return {d: v for d, v in (manifest.root if manifest else {}).items() if int(d) <= last}

@@ -206,7 +206,7 @@ def build_training_set(logical_date: date) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines import feature_store, lineage
+    from pipelines import factors, feature_store, lineage
     from pipelines import training_set as ts
     from pipelines.ingest import lake_days, lake_events
     from pipelines.spark import get_spark
@@ -266,6 +266,9 @@ def build_training_set(logical_date: date) -> dict:
             settings, [d for d in lake_days(settings) if d <= logical_date]
         ),
         "registry_sha256": lineage.registry_hash(feature_store.open_store(settings)),
+        "factor_snapshots": factors.snapshots_through(
+            settings, queries["bounds"]["holdout_end"] + 1
+        ),
     }
     catalog.TRAINING_SET_FACTS.save(settings, out, date=logical_date)
     return out
@@ -574,6 +577,7 @@ def register(logical_date: date) -> dict:
         "feature_service": contracts.FEATURE_SERVICE,
         "feast_registry_sha256": training_set.registry_sha256 if training_set else None,
         "training_set_hash": training_set.training_set_hash if training_set else None,
+        "factor_snapshots": training_set.factor_snapshots if training_set else None,
         "training_rows": training_set.train_rows if training_set else None,
         "code": lineage.code_version(),
         "libraries": lineage.library_versions(),

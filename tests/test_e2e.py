@@ -183,6 +183,12 @@ def test_model_lineage_is_recorded(world):
     assert len(meta["training_set_hash"]) == 16
     assert meta["params"]["objective"] == "rank:ndcg"
     assert meta["metrics"]["model"]["ndcg@10"] == summary.metrics["model"]["ndcg@10"]
+    # the ALS snapshots its rows could join, with the fingerprints of what they were fit on
+    from pipelines.features import day_number
+
+    manifest = catalog.FACTOR_MANIFEST.load(world.settings).root
+    joinable = {d: v for d, v in manifest.items() if int(d) <= day_number(world.first_run) + 1}
+    assert meta["factor_snapshots"] == joinable and len(joinable) >= 2
 
 
 def test_rerun_of_the_same_date_overwrites(world):

@@ -99,3 +99,11 @@ def test_snapshots_are_reused_refit_on_a_backfill_and_served_ones_kept(spark, tm
 
     # Once the window's first grid day is 40, nothing before it can be reached.
     assert factors.update_factors(spark, late, settings, 41, 45)["days"] == [40, 45, 46]
+
+
+def test_the_snapshots_a_run_can_join_are_named_for_its_lineage(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert factors.snapshots_through(settings, 100) == {}  # no factors fit yet
+    catalog.FACTOR_MANIFEST.save(settings, {"20": "5:1", "40": "9:2", "46": "12:3"})
+    assert factors.snapshots_through(settings, 45) == {"20": "5:1", "40": "9:2"}
+    assert factors.snapshots_through(settings, 46) == {"20": "5:1", "40": "9:2", "46": "12:3"}
