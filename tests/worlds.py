@@ -34,6 +34,7 @@ def project_env(data_dir: Path, **overrides: str) -> dict[str, str]:
         # one ALS snapshot per run (the serving one; ~12 s a fit on a small slice here),
         # not the grid's six: test_e2e runs the grid
         "CR_ALS_EVERY_DAYS": "100000",
+        "CR_ALS_ITERATIONS": "5",  # half the default's steps: the tests check wiring, not fit
     }
     return env | overrides
 
