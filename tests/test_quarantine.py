@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import filecmp
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import sleep
 
 import pandas as pd
 import pytest
@@ -22,7 +23,6 @@ from pipelines.config import Settings
 
 pytestmark = pytest.mark.integration
 
-TODAY = datetime.now(UTC).date()  # the future-timestamp case needs the real clock
 ROWS = 20
 
 
@@ -87,13 +87,25 @@ CASES: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], Failure]] = {
 
 
 @pytest.fixture
-def lake(tmp_path, monkeypatch) -> Iterator[Settings]:
+def today() -> date:
+    """The real clock's date, read when the test starts: the future-timestamp case writes
+    23:59:58 of it, which must still be ahead of ``now`` when ``validate`` runs. A date read
+    at collection can be yesterday by then in a long suite, so near midnight this waits."""
+    now = datetime.now(UTC)
+    to_midnight = (datetime.combine(now.date() + timedelta(days=1), time(), UTC) - now).seconds
+    if to_midnight < 120:
+        sleep(to_midnight + 1)
+    return datetime.now(UTC).date()
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch, today: date) -> Iterator[Settings]:
     """A lake holding the seven good days before today."""
     monkeypatch.setenv("CR_DATA_DIR", str(tmp_path))
     config.get_settings.cache_clear()
     settings = config.get_settings()
     for back in range(7, 0, -1):
-        day = TODAY - timedelta(days=back)
+        day = today - timedelta(days=back)
         for entry in (catalog.LANDING, catalog.LAKE):
             path = entry.path(settings, date=day)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,40 +114,40 @@ def lake(tmp_path, monkeypatch) -> Iterator[Settings]:
     config.get_settings.cache_clear()
 
 
-def _landed(settings: Settings) -> Path:
-    path = catalog.LANDING.path(settings, date=TODAY)
+def _landed(settings: Settings, today: date) -> Path:
+    path = catalog.LANDING.path(settings, date=today)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def test_a_good_day_passes(lake: Settings) -> None:
-    day_partition(TODAY).to_parquet(_landed(lake), index=False)
-    assert tasks.ingest(TODAY)["partitions"] == 1
-    assert tasks.validate(TODAY)["passed"] is True
-    assert catalog.LAKE.exists(lake, date=TODAY)
+def test_a_good_day_passes(lake: Settings, today: date) -> None:
+    day_partition(today).to_parquet(_landed(lake, today), index=False)
+    assert tasks.ingest(today)["partitions"] == 1
+    assert tasks.validate(today)["passed"] is True
+    assert catalog.LAKE.exists(lake, date=today)
     assert not catalog.QUARANTINE.prefix(lake).exists()
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None:
+def test_a_corrupted_day_is_quarantined_whole(lake: Settings, today: date, case: str) -> None:
     corrupt, expected = CASES[case]
-    landed = _landed(lake)
-    corrupt(day_partition(TODAY)).to_parquet(landed, index=False)
+    landed = _landed(lake, today)
+    corrupt(day_partition(today)).to_parquet(landed, index=False)
 
-    tasks.ingest(TODAY)
+    tasks.ingest(today)
     with pytest.raises(tasks.ValidationFailed) as failed:
-        tasks.validate(TODAY)
+        tasks.validate(today)
 
     assert expected[0] in str(failed.value)
-    quarantined = catalog.QUARANTINE.path(lake, date=TODAY)
+    quarantined = catalog.QUARANTINE.path(lake, date=today)
     assert filecmp.cmp(quarantined, landed, shallow=False)
-    result = catalog.QUARANTINE_VALIDATION.load(lake, date=TODAY)
+    result = catalog.QUARANTINE_VALIDATION.load(lake, date=today)
     assert result.passed is False
     assert expected in {
         (f["expectation"], f.get("column"), f.get("check"))
         for f in result.suites["raw_interactions"].failed_expectations
     }
-    assert not catalog.LAKE.exists(lake, date=TODAY)
+    assert not catalog.LAKE.exists(lake, date=today)
     # The good days are untouched, and no later stage left anything for today.
     assert len(catalog.LAKE.dates(lake)) == 7
     written = (
@@ -144,14 +156,14 @@ def test_a_corrupted_day_is_quarantined_whole(lake: Settings, case: str) -> None
         catalog.TIMINGS,
         catalog.VALIDATION,
     )
-    assert sorted(catalog.run_dir(lake, TODAY).iterdir()) == sorted(
-        entry.path(lake, date=TODAY) for entry in written
+    assert sorted(catalog.run_dir(lake, today).iterdir()) == sorted(
+        entry.path(lake, date=today) for entry in written
     )
 
 
 @pytest.mark.parametrize("bad", [None, 1])
 def test_a_large_delivery_is_validated_in_batches_of_whole_days(
-    tmp_path, monkeypatch, bad: int | None
+    tmp_path, monkeypatch, today: date, bad: int | None
 ) -> None:
     """Three days land at once (a first run); with room for one day per batch, each day is
     its own GE batch. One bad day fails the run and names itself; the run's days are
@@ -160,7 +172,7 @@ def test_a_large_delivery_is_validated_in_batches_of_whole_days(
     monkeypatch.setenv("CR_VALIDATION_BATCH_ROWS", str(ROWS + 5))
     config.get_settings.cache_clear()
     settings = config.get_settings()
-    days = [TODAY - timedelta(days=back) for back in (3, 2, 1)]
+    days = [today - timedelta(days=back) for back in (3, 2, 1)]
     for i, day in enumerate(days):
         frame = day_partition(day)
         if i == bad:
