@@ -56,14 +56,16 @@ user_factors_source = FileSource(
     name="user_factors_source",
     path=catalog.FACTOR_TABLE.template.format(kind="user"),  # relative to the data directory
     timestamp_field="event_timestamp",
-    description="ALS user factors; a snapshot at day d is fit on events strictly before d.",
+    description="ALS factors and content vectors of users; a snapshot at day d uses only events "
+    "strictly before d.",
 )
 
 item_factors_source = FileSource(
     name="item_factors_source",
     path=catalog.FACTOR_TABLE.template.format(kind="item"),  # relative to the data directory
     timestamp_field="event_timestamp",
-    description="ALS item factors; a snapshot at day d is fit on events strictly before d.",
+    description="ALS factors and content vectors of items; a snapshot at day d uses only events "
+    "strictly before d.",
 )
 
 # --- feature views ---
@@ -99,10 +101,11 @@ user_factors_fv = FeatureView(
     entities=[user],
     ttl=contracts.FEATURE_TTL,
     schema=[Field(name="user_id", dtype=Int64)]
-    + [Field(name=f, dtype=Float32) for f in contracts.USER_FACTORS],
+    + [Field(name=f, dtype=Float32) for f in contracts.USER_VECTORS],
     source=user_factors_source,
     online=True,
-    description="Collaborative (ALS, implicit) user factors; the model uses only als_score.",
+    description="ALS (implicit) factors and the content vector of a user; the model uses only "
+    "als_score and content_sim.",
     owner="ranking@content-ranker",
     tags={"team": "ranking", "entity": "user", "model": "als"},
 )
@@ -112,10 +115,11 @@ item_factors_fv = FeatureView(
     entities=[item],
     ttl=contracts.FEATURE_TTL,
     schema=[Field(name="item_id", dtype=Int64)]
-    + [Field(name=f, dtype=Float32) for f in contracts.ITEM_FACTORS],
+    + [Field(name=f, dtype=Float32) for f in contracts.ITEM_VECTORS],
     source=item_factors_source,
     online=True,
-    description="Collaborative (ALS, implicit) item factors; the model uses only als_score.",
+    description="ALS (implicit) factors and the content vector (title and topics) of an item; "
+    "the model uses only als_score and content_sim.",
     owner="ranking@content-ranker",
     tags={"team": "ranking", "entity": "item", "model": "als"},
 )
@@ -153,6 +157,21 @@ def user_item_als_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
     return als_score(inputs)
 
 
+@on_demand_feature_view(
+    sources=[user_factors_fv, item_factors_fv],
+    schema=[Field(name="content_sim", dtype=Float64)],
+    mode="pandas",
+    description="Cosine of the user's and the item's content vectors: the content score.",
+    owner="ranking@content-ranker",
+    tags={"team": "ranking", "model": "content"},
+)
+def user_item_content_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds this function from its source text, so it imports what it uses.
+    from pipelines.contracts import content_sim
+
+    return content_sim(inputs)
+
+
 # --- feature services: one per model version ---
 
 ranker_v1 = FeatureService(
@@ -164,6 +183,7 @@ ranker_v1 = FeatureService(
         item_factors_fv,
         user_item_match_odfv,
         user_item_als_odfv,
+        user_item_content_odfv,
     ],
     description="Inputs of the XGBoost ranker: activity, content and collaborative features.",
     owner="ranking@content-ranker",

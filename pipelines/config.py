@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     als_iterations: int = 10
     als_reg: float = 0.1
     als_alpha: float = 1.0
+    # A user's content vector weighs each engaged item by 0.5 ** (its age / this half-life).
+    content_half_life_days: float = 60.0
     # materialize streams the newest rows to the online store in batches of this many
     online_write_batch_rows: int = 50_000
 

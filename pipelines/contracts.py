@@ -46,7 +46,15 @@ ITEM_FEATURES: list[str] = [
 ALS_RANK = 16
 USER_FACTORS = [f"als_u{k:02d}" for k in range(ALS_RANK)]
 ITEM_FACTORS = [f"als_i{k:02d}" for k in range(ALS_RANK)]
-ON_DEMAND_FEATURES: list[str] = ["genre_match", "als_score"]
+# Content vectors (pipelines.factors): TF-IDF of an item's title words and topics, reduced by
+# PCA; a user's is the recency-weighted mean of the items it engaged with. Only their cosine
+# (``content_sim``) is a model input. They live in the factor views, beside the ALS factors.
+CONTENT_DIM = 16
+USER_CONTENT = [f"cv_u{k:02d}" for k in range(CONTENT_DIM)]
+ITEM_CONTENT = [f"cv_i{k:02d}" for k in range(CONTENT_DIM)]
+USER_VECTORS = USER_FACTORS + USER_CONTENT  # the columns of the user factor view
+ITEM_VECTORS = ITEM_FACTORS + ITEM_CONTENT
+ON_DEMAND_FEATURES: list[str] = ["genre_match", "als_score", "content_sim"]
 USER_AFFINITY = [f"user_aff_{g}" for g in GENRE_SLOTS]
 ITEM_GENRES = [f"item_genre_{g}" for g in GENRE_SLOTS]
 
@@ -57,6 +65,7 @@ USER_FACTOR_VIEW = "user_factors_fv"
 ITEM_FACTOR_VIEW = "item_factors_fv"
 ODFV = "user_item_match_odfv"
 ALS_ODFV = "user_item_als_odfv"
+CONTENT_ODFV = "user_item_content_odfv"
 ONLINE_VIEWS = (USER_VIEW, ITEM_VIEW, USER_FACTOR_VIEW, ITEM_FACTOR_VIEW)
 FEATURE_SERVICE = "ranker_v1"
 # The TTL of both feature views: a snapshot older than this at the query time counts as
@@ -66,7 +75,7 @@ FEATURE_TTL = timedelta(days=365)
 
 # The signals the run report ablates: each is retrained without these inputs (set missing)
 # and scored on the same holdout, to show what it adds on its own.
-SIGNALS: dict[str, list[str]] = {"collaborative": ["als_score"]}
+SIGNALS: dict[str, list[str]] = {"collaborative": ["als_score"], "content": ["content_sim"]}
 
 # The model's input columns, in order.
 MODEL_FEATURES: list[str] = USER_FEATURES + ITEM_FEATURES + ON_DEMAND_FEATURES
@@ -80,7 +89,7 @@ def feature_refs() -> list[str]:
     return (
         [f"{USER_VIEW}:{f}" for f in USER_FEATURES]
         + [f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES]
-        + [f"{ODFV}:genre_match", f"{ALS_ODFV}:als_score"]
+        + [f"{ODFV}:genre_match", f"{ALS_ODFV}:als_score", f"{CONTENT_ODFV}:content_sim"]
     )
 
 
@@ -103,17 +112,36 @@ def genre_match_values(affinity: np.ndarray, genres: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", aff, np.asarray(genres, dtype="float64"))
 
 
+def _user_item(features: pd.DataFrame, name: str, values, user: list[str], item: list[str]):
+    """One on-demand column: ``values`` of the user's and the item's columns, row-wise."""
+    out = pd.DataFrame(index=features.index)
+    out[name] = values(
+        features[user].to_numpy(dtype="float64"), features[item].to_numpy(dtype="float64")
+    )
+    return out
+
+
 def als_score(features: pd.DataFrame) -> pd.DataFrame:
     """The collaborative score: the dot product of the user's and the item's ALS factors.
     A cold user or item (no factors) gives NaN, which the model treats as missing."""
-    out = pd.DataFrame(index=features.index)
-    out["als_score"] = als_score_values(
-        features[USER_FACTORS].to_numpy(dtype="float64"),
-        features[ITEM_FACTORS].to_numpy(dtype="float64"),
-    )
-    return out
+    return _user_item(features, "als_score", als_score_values, USER_FACTORS, ITEM_FACTORS)
 
 
 def als_score_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Row-wise ``user . item``; ``user`` may be one row for all items."""
     return genre_match_values(user, items)
+
+
+def content_sim(features: pd.DataFrame) -> pd.DataFrame:
+    """The content signal: the cosine of the user's and the item's content vectors. A user
+    with no engaged items, or an item without text or topics, gives NaN (missing)."""
+    return _user_item(features, "content_sim", content_sim_values, USER_CONTENT, ITEM_CONTENT)
+
+
+def content_sim_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Row-wise cosine; ``user`` may be one row for all items. A zero vector gives NaN."""
+    user = np.asarray(user, dtype="float64")
+    items = np.asarray(items, dtype="float64")
+    norms = np.linalg.norm(user, axis=-1) * np.linalg.norm(items, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norms > 0, genre_match_values(user, items) / norms, np.nan)

@@ -16,13 +16,24 @@ and an order-free hash. The serving snapshots of earlier runs stay as they were:
 what was served on those days, so the skew check can join the served rows back to them,
 and later training rows may use them as of their time like any other snapshot. Snapshots
 older than the run's first grid day can no longer be reached by a query and are dropped.
+
+Each snapshot also holds content vectors (Spark MLlib: TF-IDF of an item's title words and
+topics, reduced to ``contracts.CONTENT_DIM`` by PCA). An item's vector comes from its
+metadata alone, so every item of the catalogue has one, cold or not; a user's is the
+recency-weighted mean of the vectors of the items it engaged with before the snapshot's
+day. The model sees only their cosine (``content_sim``). The TF-IDF vocabulary and the PCA
+basis are fit on the whole item catalogue as delivered, and a user's and an item's vectors
+in one snapshot always share a basis.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from pipelines import catalog, contracts
 from pipelines.config import Settings
@@ -69,12 +80,99 @@ def _fingerprints(events: DataFrame, days: list[int]) -> dict[int, str]:
     return out
 
 
+def item_text(meta: pd.DataFrame | None, items: pd.DataFrame) -> pd.DataFrame | None:
+    """The content corpus, one document per catalogue item: its title's words and one token
+    per topic (``topic_<name>``). ``item_id`` is the internal id, or -1 for an item no event
+    has named yet (it still shapes the vocabulary and the basis). None without any text."""
+    if meta is None or not {"title", "genres"} & set(meta.columns):
+        return None
+    text = pd.Series("", index=meta.index)
+    if "title" in meta:
+        text = text + meta["title"].fillna("").astype(str)
+    if "genres" in meta:
+        tokens = meta["genres"].fillna("").astype(str).str.split("|")
+        text = (
+            text
+            + " "
+            + tokens.apply(
+                lambda ts: " ".join(
+                    "topic_" + re.sub(r"\W+", "_", t.strip().lower()) for t in ts if t
+                )
+            )
+        )
+    ids = items.set_index(items["external_id"].astype(str))["internal_id"]
+    internal = meta["item_id"].astype(str).map(ids).fillna(-1).astype("int64")
+    out = pd.DataFrame({"item_id": internal.to_numpy(), "text": text.str.strip().to_numpy()})
+    return out if out["text"].str.len().gt(0).any() else None
+
+
+def content_vectors(spark: SparkSession, text: pd.DataFrame) -> DataFrame | None:
+    """Per internal item id, ``contracts.CONTENT_DIM`` floats: the item's TF-IDF (title words
+    and topic tokens, English stop words removed, words in at least two items), L2
+    normalised and projected on the corpus' first principal components. Spark MLlib end to
+    end; None when the corpus has no word shared by two items."""
+    from pyspark.ml.feature import (
+        IDF,
+        PCA,
+        CountVectorizer,
+        Normalizer,
+        RegexTokenizer,
+        StopWordsRemover,
+    )
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    docs = spark.createDataFrame(text[["item_id", "text"]])
+    words = RegexTokenizer(
+        inputCol="text", outputCol="words", pattern=r"[^\p{L}\p{N}_]+", minTokenLength=2
+    ).transform(docs)
+    terms = StopWordsRemover(inputCol="words", outputCol="terms").transform(words)
+    counts = CountVectorizer(inputCol="terms", outputCol="tf", vocabSize=2048, minDF=2).fit(terms)
+    if not counts.vocabulary:
+        return None
+    tf = counts.transform(terms)
+    tfidf = IDF(inputCol="tf", outputCol="tfidf").fit(tf).transform(tf)
+    unit = Normalizer(inputCol="tfidf", outputCol="unit").transform(tfidf).cache()
+    k = min(contracts.CONTENT_DIM, len(counts.vocabulary))
+    projected = PCA(k=k, inputCol="unit", outputCol="vec").fit(unit).transform(unit)
+    values = vector_to_array("vec")
+    vector = [
+        (values[j] if j < k else F.lit(0.0)).cast("float").alias(name)
+        for j, name in enumerate(contracts.ITEM_CONTENT)
+    ]
+    out = projected.where(F.col("item_id") >= 0).select("item_id", *vector)
+    return out.localCheckpoint()  # small; fit once, read by every snapshot of the run
+
+
+def user_content(before: DataFrame, item_vectors: DataFrame, day: int, half_life: float):
+    """Per user, the mean of the content vectors of the items it engaged with before ``day``,
+    each weighted by ``0.5 ** (age in days / half_life)`` of its latest engagement."""
+    from pyspark.sql import functions as F
+
+    latest = before.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
+    age = (F.lit(day * 86_400) - F.col("ts")) / 86_400.0
+    weighted = latest.join(item_vectors, "item_id").select(
+        "user_id", F.pow(F.lit(0.5), age / half_life).alias("w"), *contracts.ITEM_CONTENT
+    )
+    sums = [F.sum(F.col("w") * F.col(i)).alias(i) for i in contracts.ITEM_CONTENT]
+    means = weighted.groupBy("user_id").agg(F.sum("w").alias("_w"), *sums)
+    return means.select(
+        "user_id",
+        *[
+            (F.col(i) / F.col("_w")).cast("float").alias(u)
+            for i, u in zip(contracts.ITEM_CONTENT, contracts.USER_CONTENT, strict=True)
+        ],
+    )
+
+
 def fit_snapshot(
-    events: DataFrame, day: int, settings: Settings
+    events: DataFrame, day: int, settings: Settings, item_vectors: DataFrame | None = None
 ) -> tuple[DataFrame, DataFrame] | None:
     """ALS on the events before ``day`` (rating > 0 = engaged; a (user, item)'s strongest
-    engagement is its confidence). Returns per-user and per-item factor rows stamped at
-    ``day``, or None when there is nothing to fit."""
+    engagement is its confidence), and the users' content vectors from the same events.
+    Returns per-user and per-item rows (``contracts.USER_VECTORS``, ``ITEM_VECTORS``)
+    stamped at ``day``: every item with a content vector has a row, its ALS factors null
+    when no event before ``day`` named it. None when there is nothing to fit."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
@@ -106,11 +204,24 @@ def fit_snapshot(
 
     def columns(frame: DataFrame, key: str, names: list[str]) -> DataFrame:
         vector = [F.col("features")[k].cast("float").alias(n) for k, n in enumerate(names)]
-        return frame.select(F.col("id").cast("long").alias(key), stamp, *vector)
+        return frame.select(F.col("id").cast("long").alias(key), *vector)
 
+    users = columns(model.userFactors, "user_id", contracts.USER_FACTORS)
+    items = columns(model.itemFactors, "item_id", contracts.ITEM_FACTORS)
+    if item_vectors is None:
+        users = users.select(
+            "*", *[F.lit(None).cast("float").alias(c) for c in contracts.USER_CONTENT]
+        )
+        items = items.select(
+            "*", *[F.lit(None).cast("float").alias(c) for c in contracts.ITEM_CONTENT]
+        )
+    else:
+        profiles = user_content(before, item_vectors, day, settings.content_half_life_days)
+        users = users.join(profiles, "user_id", "full_outer")
+        items = items.join(item_vectors, "item_id", "full_outer")
     return (
-        columns(model.userFactors, "user_id", contracts.USER_FACTORS),
-        columns(model.itemFactors, "item_id", contracts.ITEM_FACTORS),
+        users.select("user_id", stamp, *contracts.USER_VECTORS),
+        items.select("item_id", stamp, *contracts.ITEM_VECTORS),
     )
 
 
@@ -119,22 +230,32 @@ def _partition(table: Path, day: int) -> Path:
 
 
 def update_factors(
-    spark: SparkSession, events: DataFrame, settings: Settings, first_query_day: int, last_day: int
+    spark: SparkSession,
+    events: DataFrame,
+    settings: Settings,
+    first_query_day: int,
+    last_day: int,
+    text: pd.DataFrame | None = None,
 ) -> dict:
     """Bring both factor tables to ``snapshot_days``: fit the snapshots that are missing or
     whose events changed, write each atomically (a staging folder renamed into place), and
-    drop every snapshot that is no longer wanted. Returns what was fit and kept."""
+    drop every snapshot that is no longer wanted. ``text`` is the content corpus
+    (:func:`item_text`); without it the content vectors are null. Returns what was fit
+    and kept."""
     days = snapshot_days(first_query_day, last_day, settings.als_every_days)
     tables = {k: catalog.FACTOR_TABLE.path(settings, kind=k) for k in ("user", "item")}
     recorded = catalog.FACTOR_MANIFEST.load_or_none(settings)
     manifest = dict(recorded.root) if recorded else {}
     prints = _fingerprints(events, days)
     fitted, empty = [], []
+    item_vectors: DataFrame | None = None
     for day in days:
         done = all(_partition(t, day).exists() for t in tables.values())
         if done and manifest.get(str(day)) == prints[day]:
             continue
-        snapshot = fit_snapshot(events, day, settings)
+        if item_vectors is None and text is not None:
+            item_vectors = content_vectors(spark, text)
+        snapshot = fit_snapshot(events, day, settings, item_vectors)
         if snapshot is None:
             empty.append(day)
             continue

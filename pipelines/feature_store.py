@@ -68,6 +68,7 @@ def repo_objects() -> list:
         repo.item_factors_fv,
         repo.user_item_match_odfv,
         repo.user_item_als_odfv,
+        repo.user_item_content_odfv,
         repo.ranker_v1,
     ]
 

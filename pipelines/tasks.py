@@ -156,7 +156,12 @@ def build_features(logical_date: date) -> dict:
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
     history = lake_events(spark, settings, through).persist(StorageLevel.MEMORY_AND_DISK)
     out["factors"] = factors.update_factors(
-        spark, history, settings, bounds["train_start"], features.day_number(through)
+        spark,
+        history,
+        settings,
+        bounds["train_start"],
+        features.day_number(through),
+        factors.item_text(meta, items),
     )
     history.unpersist()
 
@@ -232,9 +237,10 @@ def build_training_set(logical_date: date) -> dict:
         "holdout": catalog.HOLDOUT.path(settings, date=logical_date),
     }
     for split, path in paths.items():
-        # The factors served only to compute als_score; the model never reads them.
+        # The vectors served only to compute als_score and content_sim; the model never
+        # reads them.
         rows = kept.where(F.col("split") == split).drop(
-            "split", *contracts.USER_FACTORS, *contracts.ITEM_FACTORS
+            "split", *contracts.USER_VECTORS, *contracts.ITEM_VECTORS
         )
         rows.orderBy("query_id", "item_id").write.mode("overwrite").parquet(str(path))
     events.unpersist()

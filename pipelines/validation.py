@@ -66,6 +66,7 @@ USER_HISTORY = "user_cnt_all.notnull()"
 ITEM_HISTORY = "item_pop_all.notnull()"
 # Features that can be null with history too: affinities need a genre among the user's
 # items, age needs a release year (both optional item metadata); genre_match needs both.
+SNAPSHOT_SCORES = {"als_score", "content_sim"}
 METADATA_FEATURES = {*USER_AFFINITY, "item_age_years", "genre_match"}
 
 # Settings fields this module reads, with the value used while Settings lacks the field.
@@ -294,9 +295,10 @@ def _history_null_expectations(settings: Settings) -> list[Any]:
     history = {f: USER_HISTORY for f in USER_FEATURES} | {f: ITEM_HISTORY for f in ITEM_FEATURES}
     history["genre_match"] = f"{USER_HISTORY} and {ITEM_HISTORY}"
     expectations = []
-    # als_score is null exactly where the user or the item is newer than the factor
-    # snapshot its row joined (pipelines.factors): expected, and reported in null_shares.
-    for feature in (f for f in MODEL_FEATURES if f != "als_score"):
+    # als_score and content_sim are null where the user (or, for als_score, the item) is
+    # newer than the factor snapshot its row joined (pipelines.factors), or the item has no
+    # text: expected, and reported in null_shares.
+    for feature in (f for f in MODEL_FEATURES if f not in SNAPSHOT_SCORES):
         share = (
             "max_training_null_fraction"
             if feature in METADATA_FEATURES
@@ -704,7 +706,8 @@ def validate_training_set(frame: pd.DataFrame, *, settings: Settings, run_name: 
     may be null in at most ``max_history_null_fraction`` of those rows (default 0); the
     features that also need optional item metadata (:data:`METADATA_FEATURES`) in at most
     ``max_training_null_fraction``. ``genre_match`` is judged where both have history;
-    ``als_score`` only reported (it is null wherever either side is newer than its factors).
+    ``als_score`` and ``content_sim`` are only reported (:data:`SNAPSHOT_SCORES`: null
+    wherever a side is newer than its factor snapshot).
     The result also reports each feature's overall null share (``null_shares``) and the
     shares of rows without user or item history, over the whole frame.
 

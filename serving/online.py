@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
-N_FACTORS = contracts.ALS_RANK
+N_FACTORS = contracts.ALS_RANK  # the ALS factors lead a factor row; the content vector follows
 USER_SLICE = slice(0, N_USER)
 ITEM_SLICE = slice(N_USER, N_USER + N_ITEM)
 AFF_IDX = np.array([contracts.USER_FEATURES.index(f) for f in contracts.USER_AFFINITY])
@@ -40,18 +40,19 @@ GENRE_IDX = np.array([contracts.ITEM_FEATURES.index(f) for f in contracts.ITEM_G
 POP_IDX = contracts.ITEM_FEATURES.index(contracts.POPULARITY_FEATURE)
 GENRE_MATCH = contracts.MODEL_FEATURES.index("genre_match")
 ALS_SCORE = contracts.MODEL_FEATURES.index("als_score")
+CONTENT_SIM = contracts.MODEL_FEATURES.index("content_sim")
 
 # The views each side of a request reads, in the order their columns are laid out: a user
-# row is the user's activity features then its factors (each view stamped on its own), an
-# item row likewise.
+# row is the user's activity features then its factor view (ALS factors, content vector),
+# each view stamped on its own; an item row likewise.
 USER_VIEWS = ((contracts.USER_VIEW, contracts.USER_FEATURES),) + (
-    (contracts.USER_FACTOR_VIEW, contracts.USER_FACTORS),
+    (contracts.USER_FACTOR_VIEW, contracts.USER_VECTORS),
 )
 ITEM_VIEWS = ((contracts.ITEM_VIEW, contracts.ITEM_FEATURES),) + (
-    (contracts.ITEM_FACTOR_VIEW, contracts.ITEM_FACTORS),
+    (contracts.ITEM_FACTOR_VIEW, contracts.ITEM_VECTORS),
 )
-USER_WIDTH = N_USER + N_FACTORS
-ITEM_WIDTH = N_ITEM + N_FACTORS
+USER_WIDTH = N_USER + len(contracts.USER_VECTORS)
+ITEM_WIDTH = N_ITEM + len(contracts.ITEM_VECTORS)
 
 
 @dataclass
@@ -143,7 +144,10 @@ def assemble(
     matrix[:, GENRE_MATCH] = contracts.genre_match_values(
         user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
     )
-    matrix[:, ALS_SCORE] = contracts.als_score_values(user[N_USER:], items[:, N_ITEM:])
+    als = slice(N_USER, N_USER + N_FACTORS), slice(N_ITEM, N_ITEM + N_FACTORS)
+    content = slice(N_USER + N_FACTORS, None), slice(N_ITEM + N_FACTORS, None)
+    matrix[:, ALS_SCORE] = contracts.als_score_values(user[als[0]], items[:, als[1]])
+    matrix[:, CONTENT_SIM] = contracts.content_sim_values(user[content[0]], items[:, content[1]])
     found = user_ts[0] > 0 and not user_stale[0]
     return FeatureBatch(matrix, bool(found), bool(user_stale[0]), stale[:, 0], now)
 

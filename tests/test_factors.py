@@ -107,3 +107,75 @@ def test_the_snapshots_a_run_can_join_are_named_for_its_lineage(tmp_path) -> Non
     catalog.FACTOR_MANIFEST.save(settings, {"20": "5:1", "40": "9:2", "46": "12:3"})
     assert factors.snapshots_through(settings, 45) == {"20": "5:1", "40": "9:2"}
     assert factors.snapshots_through(settings, 46) == {"20": "5:1", "40": "9:2", "46": "12:3"}
+
+
+def test_content_sim_is_the_cosine_and_null_without_a_vector() -> None:
+    frame = pd.DataFrame(
+        0.0, index=[0, 1, 2], columns=contracts.USER_CONTENT + contracts.ITEM_CONTENT
+    )
+    frame.loc[0, ["cv_u00", "cv_u01", "cv_i00", "cv_i01"]] = [3.0, 4.0, 6.0, 8.0]
+    frame.loc[1, ["cv_u00", "cv_i01"]] = [1.0, 2.0]  # orthogonal
+    frame.loc[2, contracts.USER_CONTENT] = np.nan  # a user with no engaged item yet
+    out = contracts.content_sim(frame)["content_sim"]
+    assert out.iloc[0] == pytest.approx(1.0) and out.iloc[1] == pytest.approx(0.0)
+    assert np.isnan(out.iloc[2])
+
+
+def test_content_vectors_come_from_titles_and_topics_and_users_follow_what_they_engaged(
+    spark, tmp_path
+) -> None:
+    """Items of one topic (and title word) point one way, the other topic's another; a
+    user's vector is a recency-weighted mean of its engaged items before the snapshot, so
+    its cosine is highest with the topic it engaged with. Items that no event named have
+    vectors too, and items the id map does not know yet shape the corpus but get no row."""
+    meta = pd.DataFrame(
+        {
+            "item_id": [f"x{i}" for i in range(12)],
+            "title": [("Cooking pasta" if i % 2 else "Skate tricks") + f" {i}" for i in range(12)],
+            "genres": ["Food|Home" if i % 2 else "Sport|Outdoor" for i in range(12)],
+        }
+    )
+    id_map = pd.DataFrame({"external_id": [f"x{i}" for i in range(10)], "internal_id": range(10)})
+    text = factors.item_text(meta, id_map)
+    assert text["item_id"].tolist() == [*range(10), -1, -1]
+    assert text["text"].iloc[1] == "Cooking pasta 1 topic_food topic_home"
+
+    # user 0 engaged with even (sport) items, user 1 with odd (food) ones; item 8 and 9
+    # were never named by an event.
+    rows = [(0, i, 1.0, 5 + i) for i in (0, 2, 4, 6)] + [(1, i, 1.0, 5 + i) for i in (1, 3, 5, 7)]
+    settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=3)
+    factors.update_factors(spark, _events(spark, rows), settings, 20, 19, text)
+    users = _read(settings, "user").set_index("user_id")
+    items = _read(settings, "item").set_index("item_id")
+    assert sorted(items.index) == list(range(10))
+    assert items.loc[[8, 9], contracts.ITEM_FACTORS].isna().all().all()  # cold: no ALS
+    assert items[contracts.ITEM_CONTENT].notna().all().all()  # but content for all
+    pairs = pd.DataFrame(
+        np.hstack(
+            [
+                np.repeat(users.loc[[0, 1], contracts.USER_CONTENT].to_numpy(), 10, axis=0),
+                np.tile(items.sort_index()[contracts.ITEM_CONTENT].to_numpy(), (2, 1)),
+            ]
+        ),
+        columns=contracts.USER_CONTENT + contracts.ITEM_CONTENT,
+    )
+    sim = contracts.content_sim(pairs)["content_sim"].to_numpy().reshape(2, 10)
+    even, odd = sim[:, 0::2], sim[:, 1::2]
+    assert even[0].min() > odd[0].max() and odd[1].min() > even[1].max()
+    assert sim[0, 8] > 0.9 and sim[1, 9] > 0.9  # the cold items, by their content alone
+
+
+def test_a_users_content_vector_weighs_recent_engagement_more(spark) -> None:
+    """``0.5 ** (age / half-life)`` per engaged item, by its latest engagement before the
+    snapshot; the vector is the weighted mean."""
+    vectors = pd.DataFrame(0.0, index=[0, 1], columns=contracts.ITEM_CONTENT)
+    vectors.loc[0, "cv_i00"], vectors.loc[1, "cv_i01"] = 1.0, 1.0
+    item_vectors = spark.createDataFrame(vectors.rename_axis("item_id").reset_index())
+    # item 0 engaged on days 0 and 40 (the latest counts), item 1 on day 10
+    events = _events(spark, [(7, 0, 1.0, 0), (7, 1, 1.0, 10), (7, 0, 1.0, 40)])
+    got = factors.user_content(events, item_vectors, 60, half_life=10.0).toPandas()
+    age0, age1 = 60 - 40 - 1 / 24, 60 - 10 - 1 / 24  # events sit at 01:00
+    w0, w1 = 0.5 ** (age0 / 10), 0.5 ** (age1 / 10)
+    assert got["user_id"].tolist() == [7]
+    assert got.loc[0, "cv_u00"] == pytest.approx(w0 / (w0 + w1), rel=1e-5)
+    assert got.loc[0, "cv_u01"] == pytest.approx(w1 / (w0 + w1), rel=1e-5)

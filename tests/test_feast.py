@@ -60,7 +60,7 @@ def test_apply_registers_the_repo(store_settings):
     service = store.get_feature_service(contracts.FEATURE_SERVICE)
     names = {f.name for proj in service.feature_view_projections for f in proj.features}
     # the model's inputs, and the factors the collaborative score is computed from
-    assert names == {*contracts.MODEL_FEATURES, *contracts.USER_FACTORS, *contracts.ITEM_FACTORS}
+    assert names == {*contracts.MODEL_FEATURES, *contracts.USER_VECTORS, *contracts.ITEM_VECTORS}
 
 
 def test_historical_retrieval_is_point_in_time_and_keeps_every_row(store_settings):

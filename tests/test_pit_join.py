@@ -44,8 +44,9 @@ def world(tmp_path_factory, spark):
     users = _snapshots("user_id", contracts.USER_FEATURES, 12, rng)
     items = _snapshots("item_id", contracts.ITEM_FEATURES, 15, rng)
     # The factor views' snapshots fall on other days than the activity views'.
-    user_factors = _snapshots("user_id", contracts.USER_FACTORS, 12, rng)
-    item_factors = _snapshots("item_id", contracts.ITEM_FACTORS, 15, rng)
+    # (their own generator: the entity rows below stay the same whatever the views' widths)
+    user_factors = _snapshots("user_id", contracts.USER_VECTORS, 12, np.random.default_rng(12))
+    item_factors = _snapshots("item_id", contracts.ITEM_VECTORS, 15, np.random.default_rng(13))
     n = 900
     stamps = [START + timedelta(seconds=int(s)) for s in rng.integers(0, SPAN_DAYS * 86_400, n)]
     # Every fifth row sits exactly on one of its user's snapshots.
@@ -93,8 +94,9 @@ def test_equal_to_feast_on_every_row_feast_returns(world):
     assert ours["label"].tolist() == entity["label"].tolist()
     assert len(theirs) >= 100  # enough rows to compare
     mine = ours.set_index("_row").loc[theirs["_row"]]
-    assert mine["als_score"].notna().sum() >= 50  # the collaborative score was compared
-    for feature in [*contracts.MODEL_FEATURES, *contracts.USER_FACTORS, *contracts.ITEM_FACTORS]:
+    # the collaborative and content scores were compared
+    assert mine["als_score"].notna().sum() >= 50 and mine["content_sim"].notna().sum() >= 50
+    for feature in [*contracts.MODEL_FEATURES, *contracts.USER_VECTORS, *contracts.ITEM_VECTORS]:
         np.testing.assert_allclose(
             mine[feature].to_numpy(dtype=float),
             theirs[feature].to_numpy(dtype=float),
