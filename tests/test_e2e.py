@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import worlds
 
-from pipelines import catalog
+from pipelines import catalog, contracts
 from pipelines.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -113,9 +113,10 @@ def test_the_served_model_is_refit_through_the_logical_date(world):
     assert served["gate"] == evaluated["gate"] and served["gate"]["passed"] is True
 
 
-def test_the_collaborative_signal_is_point_in_time_and_ablated(world):
-    """ALS factor snapshots reach the training rows, and the report's ablation is the
-    candidate's configuration retrained without them, on the same holdout."""
+def test_the_collaborative_and_content_signals_are_point_in_time_and_ablated(world):
+    """ALS factors and content vectors reach the training rows from snapshots, and the
+    report's ablation of each is the candidate's configuration retrained without it, on
+    the same holdout."""
     from pipelines import factors
     from pipelines.features import day_number
 
@@ -124,26 +125,30 @@ def test_the_collaborative_signal_is_point_in_time_and_ablated(world):
     assert built.factors["days"][-1] == day_number(lake_last) + 1  # the serving snapshot
     train = pd.read_parquet(catalog.TRAINING_SET.path(world.settings, date=world.first_run))
     assert train["als_score"].notna().mean() > 0.5
+    assert train["content_sim"].notna().mean() > 0.5
+    assert train["content_sim"].dropna().between(-1 - 1e-6, 1 + 1e-6).all()  # a cosine
     # every training row's score comes from a snapshot fit strictly before its query day
     table = pd.read_parquet(catalog.FACTOR_TABLE.path(world.settings, kind="user"))
     snapshot_days = sorted(int(d) for d in table[factors.PARTITION].unique())
     first_query = int(train["event_timestamp"].min().timestamp()) // 86_400
     assert snapshot_days[0] <= first_query
-    assert not {c for c in train.columns if c.startswith("als_u")}  # only the score is kept
+    assert not {c for c in train.columns if c.startswith(("als_", "cv_"))}  # only the scores
 
     evaluation = catalog.EVALUATION.load(world.settings, date=world.first_run)
-    ablation = evaluation.ablation["collaborative"]
-    assert ablation.features == ["als_score"]
-    assert ablation.lift == pytest.approx(
-        evaluation.metrics["model"]["ndcg@10"] - ablation.ndcg_at_10, abs=1e-4
-    )
-    assert catalog.ABLATION_MODEL.exists(
-        world.settings, date=world.first_run, signal="collaborative"
-    )
     per_query = pd.read_parquet(catalog.PER_QUERY.path(world.settings, date=world.first_run))
-    assert per_query["without collaborative"].mean() == pytest.approx(ablation.ndcg_at_10, abs=1e-4)
     report = catalog.REPORT.path(world.settings, date=world.first_run).read_text()
-    assert "Signal ablation" in report and "without collaborative" in report
+    assert "Signal ablation" in report
+    for signal, inputs in contracts.SIGNALS.items():
+        ablation = evaluation.ablation[signal]
+        assert ablation.features == inputs
+        assert ablation.lift == pytest.approx(
+            evaluation.metrics["model"]["ndcg@10"] - ablation.ndcg_at_10, abs=1e-4
+        )
+        assert catalog.ABLATION_MODEL.exists(world.settings, date=world.first_run, signal=signal)
+        without = per_query[f"without {signal}"]
+        assert without.mean() == pytest.approx(ablation.ndcg_at_10, abs=1e-4)
+        assert f"without {signal}" in report
+    assert set(evaluation.ablation) == {"collaborative", "content"}
 
 
 def test_each_stage_records_its_memory_and_cpu(world):
