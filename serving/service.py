@@ -25,11 +25,15 @@ from starlette.responses import JSONResponse
 
 from pipelines import catalog, contracts
 from pipelines.config import Settings, get_settings
+from serving.guard import RequestGuard
 from serving.online import stat_key as _stat_key
 
 log = logging.getLogger("content_ranker.serving")
 
 MAX_ITEMS = 1000
+# The largest request body the API routes read (serving.guard answers 413 past it): 1000
+# item ids of up to a few hundred characters fit with room to spare.
+MAX_BODY_BYTES = 1 << 20
 PINNED_TAG_ENV = "CR_MODEL_TAG"
 
 
@@ -339,3 +343,9 @@ class Ranker:
             return _unavailable(self.model.error or "no model loaded")
         short = {k: v for k, v in model.metadata.items() if k != "feature_names"}
         return ModelVersionResponse(model_version=model.tag, metadata=short)
+
+
+# Bad media types, oversized bodies and the shape of 4xx bodies, before BentoML sees them.
+Ranker.add_asgi_middleware(
+    RequestGuard, routes=["/rank", "/echo", "/model_version"], max_body_bytes=MAX_BODY_BYTES
+)

@@ -8,6 +8,7 @@ run in-process through ``Ranker.to_asgi()``; hot reload and infra-validation use
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -121,14 +122,21 @@ def world(tmp_path_factory) -> World:
         get_settings.cache_clear()
 
 
+@functools.cache
+def ranker_app():
+    """The service's ASGI app, built once per process: BentoML registers its Prometheus
+    metrics the first time an app runs, and a second app would register them again."""
+    from serving.service import Ranker
+
+    return Ranker.to_asgi()
+
+
 @pytest.fixture(scope="module")
 def client(world):
     """In-process: the service's ASGI app, with its lifespan (which builds the service)."""
     from starlette.testclient import TestClient
 
-    from serving.service import Ranker
-
-    with TestClient(Ranker.to_asgi()) as c:
+    with TestClient(ranker_app()) as c:
         yield c
 
 
@@ -219,16 +227,74 @@ def test_rank_rejects_malformed_bodies(client, body):
     resp = client.post("/rank", json=body)
     assert resp.status_code == 400, resp.text
     assert "validation error" in resp.json()["error"]
-    assert resp.json()["detail"]
+    # the documented shape (InvalidArgument): detail is one readable string
+    assert isinstance(resp.json()["detail"], str) and resp.json()["detail"]
 
 
-def test_rank_rejects_invalid_json(client):
-    resp = client.post("/rank", content=b"{not json", headers={"content-type": "application/json"})
-    assert resp.status_code == 400
+JSON = {"content-type": "application/json"}
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
-def test_model_version(client, world):
-    resp = client.post("/model_version")
+@pytest.mark.parametrize(
+    ("route", "content", "headers", "status", "says"),
+    [
+        ("/rank", b"{not json", JSON, 400, "Invalid JSON"),
+        ("/rank", DEEP, JSON, 400, "recursion limit"),
+        ("/rank", b'{"user_id": "u1", "item_ids": ' + DEEP + b"}", JSON, 400, "recursion"),
+        ("/rank", b'{"user_id": "u1", "item_ids": ["i1"], "k": NaN}', JSON, 400, "k:"),
+        # multipart without a boundary was a 500 on every POST route
+        ("/rank", b"x", {"content-type": "multipart/form-data"}, 415, "multipart/form-data"),
+        ("/echo", b"x", {"content-type": "multipart/form-data"}, 415, "multipart/form-data"),
+        ("/model_version", b"x", {"content-type": "multipart/form-data"}, 415, "multipart"),
+        ("/rank", b'{"user_id": "u1", "item_ids": ["i1"]}', {"content-type": "text/plain"}, 415, "text/plain"),
+        ("/rank", b"{}", {**JSON, "content-length": "ten"}, 400, "Content-Length"),
+    ],
+    ids=["invalid", "deep", "deep-field", "nan", "multipart", "multipart-echo",
+         "multipart-version", "text", "bad-length"],
+)  # fmt: skip
+def test_bad_requests_get_a_clear_4xx_in_the_documented_shape(
+    client, route, content, headers, status, says
+):
+    resp = client.post(route, content=content, headers=headers)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"} and isinstance(body["detail"], str)
+    assert says in body["detail"], body
+
+
+def test_bodies_over_the_limit_are_refused_declared_or_streamed(client):
+    from serving.service import MAX_BODY_BYTES
+
+    big = b'{"user_id": "u1", "item_ids": ["' + b"i" * MAX_BODY_BYTES + b'"]}'
+    declared = client.post("/rank", content=big, headers=JSON)
+
+    def chunks():  # no Content-Length: the body streams in chunks
+        for start in range(0, len(big), 65_536):
+            yield big[start : start + 65_536]
+
+    streamed = client.post("/rank", content=chunks(), headers=JSON)
+    for resp in (declared, streamed):
+        assert resp.status_code == 413, resp.text
+        assert str(MAX_BODY_BYTES) in resp.json()["detail"]
+    # just under the limit, streamed, is read whole and answered
+    small = b'{"user_id": "u1", "item_ids": ["i1", "i2"]}'
+    ok = client.post("/rank", content=iter([small[:10], small[10:]]), headers=JSON)
+    assert ok.status_code == 200, ok.text
+    assert {it["item_id"] for it in ok.json()["items"]} == {"i1", "i2"}
+
+
+def test_the_document_says_what_the_guard_does(client):
+    doc = client.get("/docs.json").json()
+    for route in ("/rank", "/echo"):
+        post = doc["paths"][route]["post"]
+        assert post["requestBody"]["required"] is True
+        assert {"400", "413", "415"} <= set(post["responses"])
+    assert "get" in doc["paths"]["/model_version"]
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_model_version(client, world, method):
+    resp = getattr(client, method)("/model_version")
     assert resp.status_code == 200
     body = resp.json()
     assert body["model_version"] == world.tag_a
