@@ -11,6 +11,11 @@ server on a 2-core machine. Two modes:
   and latency counts from its *scheduled* time (or from the actual send, if a timer fired
   early), so a slow server cannot hide its queue (no coordinated omission).
 
+Given the server's pids (``cpu_pids``), it also reads their CPU time (user + system)
+right before the first request and right after the last answer, so the server's CPU per
+request covers the phase and nothing around it: not this process's start-up, and not the
+bench's own requests to ``/metrics`` before and after.
+
 Usage: ``python -m benchmarks.loadgen < spec.json`` (see ``Spec`` for the fields).
 """
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psutil
 
 HOST = "127.0.0.1"  # loopback only, by construction
 VERSION_RE = re.compile(rb'"model_version"\s*:\s*"([^"]*)"')
@@ -50,6 +56,7 @@ class Spec:
     start_at: float | None = None  # time.monotonic() to start at (shared clock on Linux)
     track_version: bool = False  # return every request with the model_version it got
     records: bool = False  # return raw per-request records
+    cpu_pids: list[int] = field(default_factory=list)  # the server's processes, for server_cpu_s
 
 
 @dataclass
@@ -159,6 +166,37 @@ class Pool:
                 conn.close()
 
 
+# --- the server's CPU ---------------------------------------------------------------------------
+
+
+def cpu_times(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each live process in ``pids``.
+
+    Each process's own time only, without its reaped children's (``children_user``):
+    the caller passes the whole process tree, and a child's time would otherwise be
+    counted twice once it exits and its parent collects it."""
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            out[pid] = times.user + times.system
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the processes sampled both times spent in between. A process that ended
+    in between is left out: its time is gone with it (a server's workers do not end while
+    it serves)."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+
+
+def _server_cpu(spec: Spec, before: dict[int, float]) -> dict[str, float]:
+    """``server_cpu_s`` since ``before``, when the spec names the server's processes."""
+    if not spec.cpu_pids:
+        return {}
+    return {"server_cpu_s": round(cpu_used(before, cpu_times(spec.cpu_pids)), 3)}
+
+
 def encode(port: int, path: str, body: dict) -> bytes:
     data = json.dumps(body, separators=(",", ":")).encode()
     head = (
@@ -210,6 +248,8 @@ async def run_open(spec: Spec, payloads: list[bytes]) -> tuple[Log, dict]:
     pool = Pool(spec.port, spec.max_conns)
     await pool.warm(spec.warm_conns)
     start = spec.start_at or time.monotonic() + 0.05
+    await _wait_until(start - 0.01)
+    cpu = cpu_times(spec.cpu_pids)
     tasks = []
     for i in range(n):
         log.sched[i] = start + i / spec.rate
@@ -217,8 +257,9 @@ async def run_open(spec: Spec, payloads: list[bytes]) -> tuple[Log, dict]:
         payload = payloads[i % len(payloads)]
         tasks.append(asyncio.create_task(_open_one(pool, payload, log, i, spec.timeout_s)))
     await asyncio.wait(tasks, timeout=spec.timeout_s + 1)
+    cpu_s = _server_cpu(spec, cpu)
     pool.close()
-    return log, {"max_conns_used": pool.opened}
+    return log, {"max_conns_used": pool.opened} | cpu_s
 
 
 async def _closed_worker(spec: Spec, payloads: list[bytes], rows: list[tuple], end: float) -> None:
@@ -251,6 +292,7 @@ async def run_closed(spec: Spec, payloads: list[bytes]) -> tuple[Log, dict]:
     """``concurrency`` connections, each one request at a time, for ``duration_s``."""
     if spec.start_at:
         await _wait_until(spec.start_at)
+    cpu = cpu_times(spec.cpu_pids)
     end = time.monotonic() + spec.duration_s
     rows: list[tuple] = []
     await asyncio.gather(
@@ -259,6 +301,7 @@ async def run_closed(spec: Spec, payloads: list[bytes]) -> tuple[Log, dict]:
             for w in range(spec.concurrency)
         )
     )
+    cpu_s = _server_cpu(spec, cpu)
     rows.sort()
     sent = np.array([r[0] for r in rows])
     log = Log(
@@ -268,7 +311,7 @@ async def run_closed(spec: Spec, payloads: list[bytes]) -> tuple[Log, dict]:
         status=np.array([r[2] for r in rows], dtype=np.int32),
         versions=[r[3] for r in rows] if spec.track_version else [],
     )
-    return log, {"max_conns_used": spec.concurrency}
+    return log, {"max_conns_used": spec.concurrency} | cpu_s
 
 
 def summarize(log: Log, spec: Spec) -> dict[str, Any]:
@@ -293,6 +336,7 @@ def summarize(log: Log, spec: Spec) -> dict[str, Any]:
         "rate": spec.rate if spec.mode == "open" else None,
         "duration_s": spec.duration_s,
         "requests": int(len(log.status)),
+        "answered": int((log.status > 0).sum()),  # any HTTP status: the server did the work
         "ok": int(ok.sum()),
         "errors": int((~ok).sum()),
         "error_kinds": errors,

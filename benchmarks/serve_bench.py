@@ -1,13 +1,15 @@
 """``make bench-serve``: load the real BentoML server over loopback and write ``results/serve.json``.
 
-Per path (``fast`` = /rank on the fast feature path over SQLite, ``echo`` = /echo on the
-same server, ``redis`` = the fast path on ``infra/cluster``'s Feast store: a private
+Per path (``floor`` = /rank on a bare Starlette app under uvicorn, ``benchmarks.floor``,
+``fast`` = /rank on the fast feature path over SQLite, ``echo`` = /echo on the same
+server, ``redis`` = the fast path on ``infra/cluster``'s Feast store: a private
 redis-server and a Postgres registry, loaded with the same rows, ``feast`` = /rank with
 ``CR_SERVING_PATH=feast``): a fixed-concurrency phase, then open-loop steps of rising rate
 until the first step with p99 > 10 ms or an error (fast and redis step at least to 100 RPS,
-where they are compared). Then a hot swap: promote another model under 100 RPS and measure
-failures and switch time. The load comes from ``benchmarks.loadgen`` in its own process;
-see ``benchmarks/README.md``.
+where they are compared). Every phase records the server's CPU per request, and every
+path's p99 and CPU are also given as multiples of the floor's in the same run. Then a hot
+swap: promote another model under 100 RPS and measure failures and switch time. The load
+comes from ``benchmarks.loadgen`` in its own process; see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -30,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import floor
 from pipelines import catalog, contracts
 from pipelines.config import PROJECT_ROOT, Settings, get_settings
 
@@ -41,6 +44,7 @@ RESULTS = PROJECT_ROOT / "benchmarks" / "results" / "serve.json"
 CLUSTER = PROJECT_ROOT / "infra" / "cluster"  # the environment whose Feast store is on Redis
 P99_TARGET_MS = 10.0
 REDIS_RATIO_GOAL = 1.5  # redis p99 / SQLite p99 at Plan.compare_rate
+FLOOR_RATE_GOAL = 0.5  # the fast path's highest passing rate / the floor's, at least
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -53,6 +57,7 @@ class Plan:
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
     rates: list[int] = field(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 600])
     feast_rates: list[int] = field(default_factory=lambda: [10, 20, 50])
+    floor_rates: list[int] | None = None  # None: the same steps as fast
     compare_rate: int = 100  # redis vs SQLite p99 is judged here: both step at least this far
     swap_rate: float = 100.0
     swap_s: float = 15.0
@@ -70,38 +75,35 @@ class Plan:
 # --- request bodies from the data ------------------------------------------------------------
 
 
-def _fresh_ids(settings: Settings, kind: str, ids: catalog.Entry) -> list[str]:
-    """External ids (from the ``ids`` map) whose latest offline feature row of ``kind``
-    ("user" or "item") is within the TTL of the data's present."""
-    key = f"{kind}_id"
-    table = catalog.FEATURE_TABLE.path(settings, kind=kind)
-    frame = pd.read_parquet(table, columns=[key, "event_timestamp"])
-    latest = frame.groupby(key)["event_timestamp"].max()
-    marks = catalog.WATERMARKS.load_or_none(settings)
-    ends = marks.root.values() if marks is not None else ()
-    now = max((pd.Timestamp(v) for v in ends), default=latest.max())
-    fresh = latest[latest >= now - contracts.FEATURE_TTL].index
-    internal = set(fresh if len(fresh) >= 20 else latest.index)  # few fresh: take any with rows
-
+def known_ids(settings: Settings, ids: catalog.Entry) -> list[str]:
+    """Every external id in the ``ids`` map (``catalog.USER_IDS`` or ``ITEM_IDS``): the
+    ids the server knows, whether or not the online store holds a fresh row for them."""
     from pipelines.ids import read_mapping
 
-    mapping = read_mapping(ids.path(settings))
-    return sorted(mapping.loc[mapping["internal_id"].isin(internal), "external_id"].astype(str))
+    return sorted(read_mapping(ids.path(settings))["external_id"].astype(str))
 
 
-def sample_bodies(settings: Settings, plan: Plan) -> tuple[list[dict], dict]:
-    """``plan.n_bodies`` requests: a user with online features and ``plan.candidates`` items."""
+def draw_bodies(users: list[str], items: list[str], plan: Plan) -> list[dict]:
+    """``plan.n_bodies`` requests, each one user and ``plan.candidates`` distinct items drawn
+    uniformly from ``users`` and ``items``, with ``plan.seed``."""
     import random
 
-    users = _fresh_ids(settings, "user", catalog.USER_IDS)
-    items = _fresh_ids(settings, "item", catalog.ITEM_IDS)
-    if not users or len(items) < plan.candidates:
-        raise SystemExit("no users or too few items in the data: run `make run` first")
     rng = random.Random(plan.seed)
-    bodies = [
+    return [
         {"user_id": rng.choice(users), "item_ids": rng.sample(items, plan.candidates)}
         for _ in range(plan.n_bodies)
     ]
+
+
+def sample_bodies(settings: Settings, plan: Plan) -> tuple[list[dict], dict]:
+    """The bodies, drawn from all known users and items, as live traffic would be: users
+    whose rows are stale or missing online take the stale or fallback path, and the bench
+    reports how many did (:func:`serving_mix`, ``served``) instead of choosing for them."""
+    users = known_ids(settings, catalog.USER_IDS)
+    items = known_ids(settings, catalog.ITEM_IDS)
+    if not users or len(items) < plan.candidates:
+        raise SystemExit("no users or too few items in the data: run `make run` first")
+    bodies = draw_bodies(users, items, plan)
     return bodies, {"users_pool": len(users), "items_pool": len(items), "bodies": len(bodies)}
 
 
@@ -223,6 +225,20 @@ def server(
             yield int(base.rsplit(":", 1)[1]), sorted(_children() - before)
 
 
+@contextlib.contextmanager
+def floor_server(settings: Settings) -> Iterator[tuple[int, list[int]]]:
+    """The floor (``benchmarks.floor``) with the real server's number of workers, on a free
+    loopback port, in a process group of its own; yields (port, [its root pid])."""
+    from pipelines.infra_validation import free_port
+
+    port, workers = free_port(), settings.serving_workers
+    started = time.monotonic()
+    with floor.running(port, workers) as proc:
+        took = time.monotonic() - started
+        console.print(f"[dim]floor server ({workers} workers) up in {took:.1f}s[/]")
+        yield port, [proc.pid]
+
+
 def model_version(port: int) -> str | None:
     with contextlib.suppress(httpx.HTTPError, ValueError):
         resp = httpx.post(f"http://127.0.0.1:{port}/model_version", timeout=5)
@@ -233,53 +249,94 @@ def model_version(port: int) -> str | None:
 # --- what the server answered: its own counters ------------------------------------------------
 
 
+OUTCOMES = ("fallback", "stale", "store_unavailable")  # rank_outcomes_total's labels
+SERVING_PATHS = ("features", "stale", "fallback")  # what a /rank answer was scored from
+
+
 def outcomes(port: int) -> Counter:
-    """/rank requests served and those that fell back (``rank_outcomes``), from the server's
-    Prometheus ``/metrics``, summed over its workers and model versions. The load generator
-    reads only status lines, so a response's body is counted here."""
+    """/rank requests served, those that fell back and those that met stale features
+    (``rank_outcomes``), from the server's Prometheus ``/metrics``, summed over its workers
+    and model versions. The load generator reads only status lines, so a response's body
+    is counted here."""
     return count_outcomes(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
 
 
 def count_outcomes(text: str) -> Counter:
-    """``ranked``, ``fallback`` and ``store_unavailable`` in a Prometheus text exposition."""
+    """``ranked`` and each of :data:`OUTCOMES` in a Prometheus text exposition."""
     out: Counter = Counter()
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
         if name.startswith("rank_request_seconds_count{") and 'phase="total"' in name:
             out["ranked"] += int(float(value))
         elif name.startswith("rank_outcomes_total{"):
-            for outcome in ("fallback", "store_unavailable"):
+            for outcome in OUTCOMES:
                 if f'outcome="{outcome}"' in name:
                     out[outcome] += int(float(value))
     return out
 
 
 def served(before: Counter, after: Counter) -> dict[str, Any]:
-    """The server-side outcomes of one phase: counts and the share that fell back."""
-    ranked, fallback = after["ranked"] - before["ranked"], after["fallback"] - before["fallback"]
+    """The server-side outcomes of one phase: counts, and the shares that fell back and
+    that met stale features. The server counts ``stale`` for any answer that met a stale
+    user or item row, popularity answers included, so the two shares can overlap."""
+    out: dict[str, Any] = {"ranked": after["ranked"] - before["ranked"]}
+    out |= {outcome: after[outcome] - before[outcome] for outcome in OUTCOMES}
+    for outcome in ("fallback", "stale"):
+        out[f"{outcome}_share"] = round(out[outcome] / out["ranked"], 4) if out["ranked"] else None
+    return out
+
+
+def served_total(phases: list[dict]) -> dict[str, Any] | None:
+    """:func:`served` summed over a path's phases (None where the server was not counted)."""
+    counted = [p["served"] for p in phases if "served" in p]
+    if not counted:
+        return None
+    total = Counter()
+    for counts in counted:
+        total.update({k: counts[k] for k in ("ranked", *OUTCOMES)})
+    return served(Counter(), total)
+
+
+def serving_path(answer: dict) -> str:
+    """What a /rank answer was scored from, one of :data:`SERVING_PATHS`: ``fallback``
+    (popularity: the user has no row online), ``stale`` (the model, with a user or item
+    row older than its TTL scored as missing), else ``features`` (the model, on fresh
+    rows)."""
+    if answer.get("fallback"):
+        return "fallback"
+    if answer.get("stale_user") or answer.get("stale_item_ids"):
+        return "stale"
+    return "features"
+
+
+def path_mix(answers: list[dict]) -> dict[str, Any]:
+    """Counts and shares of :data:`SERVING_PATHS` over ``answers`` (each answer in one)."""
+    counts = Counter(serving_path(a) for a in answers)
+    n = len(answers)
     return {
-        "ranked": ranked,
-        "fallback": fallback,
-        "store_unavailable": after["store_unavailable"] - before["store_unavailable"],
-        "fallback_share": round(fallback / ranked, 4) if ranked else None,
+        "counts": {p: counts[p] for p in SERVING_PATHS},
+        "shares": {p: round(counts[p] / n, 4) if n else None for p in SERVING_PATHS},
     }
 
 
-def check_features(port: int, bodies: list[dict], n: int = 32) -> dict[str, Any]:
-    """Rank ``n`` bodies before any load: every answer must come from the user's features
-    (``fallback`` and ``online_store_unavailable`` false), or the path measures nothing."""
+def serving_mix(port: int, bodies: list[dict]) -> dict[str, Any]:
+    """Rank every body once before any load and sort the answers by serving path: the mix
+    the phases send, since they send the bodies round-robin. The store must answer every
+    read (``online_store_unavailable`` false), and some answers must come from the model,
+    or the path measures nothing."""
     answers = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for body in bodies[:n]:
+        for body in bodies:
             resp = client.post("/rank", json=body)
             resp.raise_for_status()
             answers.append(resp.json())
+    mix = path_mix(answers)
     result = {
         "requests": len(answers),
-        "fallback": sum(a["fallback"] for a in answers),
-        "online_store_unavailable": sum(a["online_store_unavailable"] for a in answers),
-    }
-    if result["fallback"] or result["online_store_unavailable"]:
+        "fallback": mix["counts"]["fallback"],
+        "online_store_unavailable": sum(bool(a["online_store_unavailable"]) for a in answers),
+    } | mix
+    if result["online_store_unavailable"] or result["fallback"] == len(answers):
         raise RuntimeError(f"the server ranked without online features: {result}")
     return result
 
@@ -444,13 +501,38 @@ def passes(step: dict) -> bool:
     return step["errors"] == 0 and step["p99_ms"] <= P99_TARGET_MS
 
 
+def cpu_per_request(r: dict) -> float | None:
+    """The server's CPU milliseconds per request the phase completed: its process tree's
+    user + system time over the phase (``server_cpu_s``, read by the load generator) over
+    the requests that got any HTTP answer (``answered``). None if nothing was answered."""
+    cpu_s, answered = r.get("server_cpu_s"), r.get("answered")
+    if cpu_s is None or not answered:
+        return None
+    return round(cpu_s * 1000 / answered, 3)
+
+
+def cpu_resolution(r: dict) -> float | None:
+    """How far :func:`cpu_per_request` may be off, in ms per request: the kernel reports a
+    process's user and system time each truncated to clock ticks (10 ms), so the change in
+    their sum over a phase may be off by up to two ticks for each of the ``server_pids``.
+    Large at low rates (few requests), small under load."""
+    pids, answered = r.get("server_pids"), r.get("answered")
+    if not pids or not answered:
+        return None
+    return round(2 * pids * 1000 / os.sysconf("SC_CLK_TCK") / answered, 3)
+
+
 def _show(name: str, label: str, r: dict) -> None:
     mark = "[green]ok[/]" if passes(r) else "[red]over[/]"
-    share = r.get("served", {}).get("fallback_share")
-    fallback = f"  fallback {share:.1%}" if share is not None else ""
+    shares = ""
+    for outcome in ("fallback", "stale"):
+        share = r.get("served", {}).get(f"{outcome}_share")
+        shares += f"  {outcome} {share:.1%}" if share is not None else ""
+    cpu = r.get("cpu_ms_per_request")
     console.print(
         f"  {name:5} {label:>9}: p50 {r['p50_ms']:8.2f}  p99 {r['p99_ms']:8.2f} ms  "
-        f"{r['rps']:6.1f} RPS  errors {r['errors']}{fallback}  {mark}"
+        f"{r['rps']:6.1f} RPS  cpu {'-' if cpu is None else f'{cpu:.2f}'} ms/req  "
+        f"errors {r['errors']}{shares}  {mark}"
     )
 
 
@@ -473,14 +555,22 @@ def run_path(
     plan: Plan,
     bodies: list[dict],
     min_rate: int = 0,
+    counted: bool = True,
 ) -> dict:
     """Warm-up, fixed concurrency, then stepped open-loop rates until the first failing step
-    (but not before ``min_rate``). /rank phases record the server's outcomes (``served``)."""
+    (but not before ``min_rate``). Every phase records the server's CPU per request over
+    its process tree (``roots`` and their descendants, found again before each phase);
+    /rank phases on a ``counted`` server (one with the service's ``/metrics``) record its
+    outcomes (``served``)."""
     console.print(f"[bold]{name}[/] ({route})")
 
     def phase(**spec: Any) -> dict:
-        before = outcomes(port) if route == "/rank" else None
-        r = run_load(port, route, bodies, plan, duration_s=plan.phase_s, **spec)
+        before = outcomes(port) if counted and route == "/rank" else None
+        pids = process_tree(roots)
+        r = run_load(port, route, bodies, plan, duration_s=plan.phase_s, cpu_pids=pids, **spec)
+        r["server_pids"] = len(pids)
+        r["cpu_ms_per_request"] = cpu_per_request(r)
+        r["cpu_ms_per_request_resolution"] = cpu_resolution(r)
         if before is not None:
             r["served"] = served(before, outcomes(port))
         return r
@@ -505,6 +595,7 @@ def run_path(
         "concurrency": fixed,
         "steps": steps,
         "max_rate_p99_le_10ms": max_passing_rate(steps),
+        "served": served_total(fixed + steps),
         "rss_mb": rss.result(),
     }
 
@@ -677,6 +768,8 @@ def _vs_sqlite(sqlite: dict, redis: dict) -> dict:
         "ratio": round(redis["p99_ms"] / sqlite["p99_ms"], 2) if sqlite["p99_ms"] else None,
         "redis_errors": redis["errors"],
         "redis_fallback": redis.get("served", {}).get("fallback"),
+        "sqlite_fallback": sqlite.get("served", {}).get("fallback"),
+        "redis_store_unavailable": redis.get("served", {}).get("store_unavailable"),
     }
 
 
@@ -701,20 +794,105 @@ def redis_vs_sqlite(paths: dict[str, dict], compare_rate: int) -> dict:
     }
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to 2 decimals; None when either is missing or not a number, or b is not > 0."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
+def _vs_floor(phase: dict, base: dict) -> dict:
+    """One phase against the floor's phase at the same load: p99 and CPU per request, and
+    each as a multiple of the floor's."""
+    cpu, base_cpu = phase.get("cpu_ms_per_request"), base.get("cpu_ms_per_request")
+    return {
+        "p99_ms": phase["p99_ms"],
+        "floor_p99_ms": base["p99_ms"],
+        "p99_ratio": _ratio(phase["p99_ms"], base["p99_ms"]),
+        "cpu_ms_per_request": cpu,
+        "floor_cpu_ms_per_request": base_cpu,
+        "cpu_ratio": _ratio(cpu, base_cpu),
+    }
+
+
+def _open_ended(path: dict) -> bool:
+    """The path passed every step it ran: its highest passing rate is a lower bound only."""
+    return bool(path["steps"]) and all(s["pass"] for s in path["steps"])
+
+
+def max_rate_vs_floor(path: dict, base: dict) -> dict:
+    """The path's highest passing rate as a multiple of the floor's, against
+    :data:`FLOOR_RATE_GOAL`. A side that passed every step it ran might pass more, so its
+    rate is only a lower bound; ``met`` is None when the bounds do not decide the goal
+    (e.g. the ratio reaches it but the floor passed every step), or the floor passed none."""
+    mine, floors = path["max_rate_p99_le_10ms"], base["max_rate_p99_le_10ms"]
+    ratio = _ratio(mine or 0, floors)
+    if ratio is None:
+        met = None
+    elif ratio >= FLOOR_RATE_GOAL:
+        met = None if _open_ended(base) else True
+    else:
+        met = None if _open_ended(path) else False
+    return {
+        "rate": mine,
+        "floor_rate": floors,
+        "ratio": ratio,
+        "open_ended": _open_ended(path),
+        "floor_open_ended": _open_ended(base),
+        "goal_ratio": FLOOR_RATE_GOAL,
+        "met": met,
+    }
+
+
+def vs_floor(paths: dict[str, dict]) -> dict[str, dict]:
+    """Every other path against the floor run in the same bench: p99 and CPU per request
+    as multiples of the floor's at each concurrency and each open-loop rate both ran, and
+    the highest passing rates. Empty without a floor."""
+    base = paths.get("floor")
+    if base is None:
+        return {}
+    out = {}
+    for name, path in paths.items():
+        if name == "floor":
+            continue
+        by_c = [{s["concurrency"]: s for s in p["concurrency"]} for p in (path, base)]
+        by_rate = [{s["rate"]: s for s in p["steps"]} for p in (path, base)]
+        out[name] = {
+            "at_concurrency": {
+                str(c): _vs_floor(by_c[0][c], by_c[1][c])
+                for c in sorted(set(by_c[0]) & set(by_c[1]))
+            },
+            "at_rate": [
+                {"rate": rate, **_vs_floor(by_rate[0][rate], by_rate[1][rate])}
+                for rate in sorted(set(by_rate[0]) & set(by_rate[1]))
+            ],
+            "max_rate": max_rate_vs_floor(path, base),
+        }
+    return out
+
+
 def redis_within_goal(cmp: dict | None) -> bool | None:
-    """Redis p99 within the goal of SQLite's at the compare rate, with no failed request and
-    no fallback on Redis (a popularity answer skips the model: it would flatter the tail)."""
+    """Redis p99 within the goal of SQLite's at the compare rate, with no failed request, no
+    unanswered store read and no more fallbacks on Redis than on SQLite. Both get the same
+    bodies over the same rows, so the users without a row fall back on both; an extra
+    popularity answer on Redis skips the model and would flatter its tail."""
     at = cmp and cmp["at_compare_rate"]
     if not at or at["ratio"] is None:
         return None
-    clean = at["redis_errors"] == 0 and not at["redis_fallback"]
+    clean = at["redis_errors"] == 0 and not at.get("redis_store_unavailable")
+    clean = clean and (at["redis_fallback"] or 0) <= (at.get("sqlite_fallback") or 0)
     return clean and at["ratio"] <= cmp["goal_ratio"]
 
 
 def targets(
-    paths: dict[str, dict], ratio: dict, swap: dict | None, redis: dict | None = None
+    paths: dict[str, dict],
+    ratio: dict,
+    swap: dict | None,
+    redis: dict | None = None,
+    floor_cmp: dict | None = None,
 ) -> dict[str, bool | None]:
-    """The issue's targets, each true/false (None: not measured)."""
+    """The issue's targets, each true/false (None: not measured, or not decided)."""
+    fast_vs_floor = (floor_cmp or {}).get("fast")
     fast = paths["fast"]
     c1 = next((s for s in fast["concurrency"] if s["concurrency"] == 1), None)
     phases = fast["concurrency"] + [s for s in fast["steps"] if s["pass"]]
@@ -727,6 +905,7 @@ def targets(
         "ratio_ge_10_at_rate": ratio["at_rate"]["ratio"] >= 10 if ratio["at_rate"] else None,
         "hot_swap_0_failures_switch_le_5s": swap["passed"] if swap else None,
         "redis_p99_within_1_5x_sqlite_at_100rps": redis_within_goal(redis),
+        "fast_max_rate_ge_0_5x_floor": fast_vs_floor["max_rate"]["met"] if fast_vs_floor else None,
     }
 
 
@@ -757,10 +936,12 @@ def machine() -> dict:
 
 
 def print_table(report: dict) -> None:
-    table = Table(title="bench-serve: 100 candidates per request, loopback HTTP, latency in ms")
+    table = Table(
+        title="bench-serve: 100 candidates per request, loopback HTTP, latency in ms; "
+        "load c=N: closed loop, N/s: open loop; ×floor: multiple of the floor's at that load"
+    )
     for col in (
         "path",
-        "phase",
         "load",
         "requests",
         "p50",
@@ -769,16 +950,26 @@ def print_table(report: dict) -> None:
         "RPS",
         "errors",
         "fallback",
-        "p99≤10",
+        "stale",
+        "CPU\nms/req",
+        "p99\n×floor",
+        "CPU\n×floor",
+        "p99\n≤10",
     ):
-        table.add_column(col, justify="left" if col in ("path", "phase") else "right")
+        table.add_column(col, justify="left" if col == "path" else "right")
     for name, p in report["paths"].items():
-        rows = [("closed", f"c={s['concurrency']}", s) for s in p["concurrency"]]
-        rows += [("open", f"{s['rate']:g}/s", s) for s in p["steps"]]
-        for phase, load, s in rows:
+        cmp = report.get("vs_floor", {}).get(name, {})
+        by_c, by_rate = (
+            cmp.get("at_concurrency", {}),
+            {r["rate"]: r for r in cmp.get("at_rate", [])},
+        )
+        rows = [
+            (f"c={s['concurrency']}", s, by_c.get(str(s["concurrency"]))) for s in p["concurrency"]
+        ]
+        rows += [(f"{s['rate']:g}/s", s, by_rate.get(s["rate"])) for s in p["steps"]]
+        for load, s, vs in rows:
             table.add_row(
                 name,
-                phase,
                 load,
                 str(s["requests"]),
                 f"{s['p50_ms']:.2f}",
@@ -786,7 +977,11 @@ def print_table(report: dict) -> None:
                 f"{s['p99_ms']:.2f}",
                 f"{s['rps']:.0f}",
                 str(s["errors"]),
-                _share(s),
+                _share(s, "fallback"),
+                _share(s, "stale"),
+                _num(s.get("cpu_ms_per_request")),
+                _times(vs and vs["p99_ratio"]),
+                _times(vs and vs["cpu_ratio"]),
                 "✓" if passes(s) else "✗",
             )
         table.add_section()
@@ -794,9 +989,33 @@ def print_table(report: dict) -> None:
     console.print(summary_table(report))
 
 
-def _share(step: dict) -> str:
-    share = step.get("served", {}).get("fallback_share")
+def _share(step: dict, outcome: str) -> str:
+    share = step.get("served", {}).get(f"{outcome}_share")
     return "-" if share is None else f"{share:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _mix(shares: dict[str, float | None]) -> str:
+    return ", ".join(f"{p} {'-' if v is None else f'{v:.1%}'}" for p, v in shares.items())
+
+
+def _rate_row(name: str, cmp: dict) -> tuple[str, str]:
+    """The path's highest passing rate over the floor's, with what bounds it."""
+    at = cmp["max_rate"]
+    mine = f"{at['rate'] or 'none'}{'+' if at['open_ended'] else ''}"
+    floors = f"{at['floor_rate'] or 'none'}{'+' if at['floor_open_ended'] else ''}"
+    ratio = "-" if at["ratio"] is None else f"{at['ratio']}x"
+    return (
+        f"{name}/floor max rate",
+        f"{mine} / {floors} RPS = {ratio} (goal ≥ {at['goal_ratio']}x; + = passed every step)",
+    )
 
 
 def _ratio_row(label: str, pair: dict | None) -> tuple[str, str]:
@@ -814,9 +1033,17 @@ def summary_table(report: dict) -> Table:
     for name, p in report["paths"].items():
         best = p["max_rate_p99_le_10ms"]
         table.add_row(f"{name}: max rate, p99 ≤ 10 ms", f"{best} RPS" if best else "none")
+        if name in report.get("vs_floor", {}):
+            table.add_row(*_rate_row(name, report["vs_floor"][name]))
         table.add_row(
             f"{name}: server RSS peak / mean", f"{p['rss_mb']['peak']} / {p['rss_mb']['mean']} MB"
         )
+        if p.get("served"):
+            share = {o: p["served"][f"{o}_share"] for o in ("fallback", "stale")}
+            table.add_row(f"{name}: server counted, all phases", _mix(share))
+    mix = report.get("features_check", {}).get("shares")
+    if mix:
+        table.add_row("fast: bodies by serving path", _mix(mix))
     ratio = report["ratio"]
     at = ratio["at_rate"]
     table.add_row(*_ratio_row(f"baseline/fast p99 at {at['rate'] if at else '-'} RPS", at))
@@ -837,7 +1064,8 @@ def summary_table(report: dict) -> Table:
             "redis: checked before load",
             f"{store['features_check']['requests']} requests, fallback "
             f"{store['features_check']['fallback']}, store unavailable "
-            f"{store['features_check']['online_store_unavailable']}",
+            f"{store['features_check']['online_store_unavailable']}; "
+            f"{_mix(store['features_check']['shares'])}",
         )
         table.add_row("redis: redis-server RSS", f"{store['redis_server_rss_mb']} MB")
     swap = report.get("hot_swap")
@@ -867,10 +1095,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="2 s phases, 6 s hot swap")
     ap.add_argument("--phase-s", type=float, help="seconds per phase/step")
     ap.add_argument(
-        "--rates", type=_ints, help="open-loop rates for fast, echo and redis, e.g. 50,100"
+        "--rates", type=_ints, help="open-loop rates for floor, fast, echo and redis, e.g. 50,100"
     )
     ap.add_argument("--feast-rates", type=_ints, help="open-loop rates for the Feast-SDK path")
     ap.add_argument("--concurrency", type=_ints, help="closed-loop concurrencies, e.g. 1,4,16")
+    ap.add_argument(
+        "--floor-rates", type=_ints, help="open-loop rates for the floor (default: as --rates)"
+    )
+    ap.add_argument("--skip-floor", action="store_true", help="no floor server, no ×floor ratios")
     ap.add_argument("--skip-feast", action="store_true", help="no Feast-SDK server")
     ap.add_argument("--skip-redis", action="store_true", help="no Redis-backed fast server")
     ap.add_argument(
@@ -885,7 +1117,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for every server, e.g. OMP_NUM_THREADS=1 (default: none, as make serve)",
+        help="extra environment for every BentoML server, e.g. OMP_NUM_THREADS=1 (default: none, as make serve)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
@@ -893,7 +1125,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     plan = Plan.quick() if args.quick else Plan()
-    for name in ("phase_s", "rates", "feast_rates", "concurrency"):
+    for name in ("phase_s", "rates", "feast_rates", "floor_rates", "concurrency"):
         if getattr(args, name) is not None:
             setattr(plan, name, getattr(args, name))
     return plan
@@ -915,9 +1147,15 @@ def main(argv: list[str] | None = None) -> dict:
     with contextlib.ExitStack() as stack:
         # Loaded before any server runs, so no phase shares the cores with Spark.
         store = None if args.skip_redis else stack.enter_context(redis_store(args.postgres))
+        if not args.skip_floor:  # no /metrics to count outcomes on: not a BentoML server
+            with floor_server(settings) as (port, roots):
+                rates = plan.floor_rates or plan.rates
+                paths["floor"] = run_path(
+                    "floor", port, "/rank", rates, roots, plan, bodies, counted=False
+                )
         with server(settings, "fast", env) as (port, roots):
             serving = model_version(port)
-            checked = check_features(port, bodies)
+            checked = serving_mix(port, bodies)
             paths["fast"] = run_path(
                 "fast", port, "/rank", plan.rates, roots, plan, bodies, plan.compare_rate
             )
@@ -926,7 +1164,7 @@ def main(argv: list[str] | None = None) -> dict:
                 swap = hot_swap(settings, port, plan, bodies)
         if store is not None:  # the same server code, model and bodies, on Redis
             with server(settings, "fast", env | store.env, label="redis") as (port, roots):
-                store.info["features_check"] = check_features(port, bodies)
+                store.info["features_check"] = serving_mix(port, bodies)
                 paths["redis"] = run_path(
                     "redis", port, "/rank", plan.rates, roots, plan, bodies, plan.compare_rate
                 )
@@ -937,6 +1175,7 @@ def main(argv: list[str] | None = None) -> dict:
             paths["feast"] = run_path("feast", port, "/rank", plan.feast_rates, roots, plan, bodies)
     ratio = ratios(paths) if "feast" in paths else {"at_rate": None, "at_concurrency": {}}
     compared = redis_vs_sqlite(paths, plan.compare_rate) if "redis" in paths else None
+    floor_cmp = vs_floor(paths)
     cmd = "make bench-serve" if os.environ.get("MAKELEVEL") else "python -m benchmarks.serve_bench"
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -950,10 +1189,11 @@ def main(argv: list[str] | None = None) -> dict:
         "p99_target_ms": P99_TARGET_MS,
         "paths": paths,
         "ratio": ratio,
+        "vs_floor": floor_cmp,
         "redis_vs_sqlite": compared,
         "redis": redis,
         "hot_swap": swap,
-        "targets": targets(paths, ratio, swap, compared),
+        "targets": targets(paths, ratio, swap, compared, floor_cmp),
         "duration_s": round(time.monotonic() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
