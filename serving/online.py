@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from pipelines import catalog, contracts
 from pipelines.config import Settings
 
 log = logging.getLogger(__name__)
+_FLOAT32 = struct.Struct("<f")
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
@@ -262,11 +264,14 @@ class _SqliteRows:
             rows = [
                 (v, *r) for v, (t, _) in enumerate(self.user_tables) for r in self._maybe(t, key)
             ]
+        stamps: dict[int, Any] = {}  # a view's rows share one stamp: parse it once
         for view, name, blob, ts in rows:
             col = self.user_tables[view][1].get(name)
             if col is not None and blob is not None:
                 user[col] = decode_value(blob)
-                user_ts[view] = _ts_seconds(ts)
+                stamps[view] = ts
+        for view, ts in stamps.items():
+            user_ts[view] = _ts_seconds(ts)
         return user, user_ts
 
     def _maybe(self, table: str, key: bytes) -> list:
@@ -371,7 +376,7 @@ def _spans(views: tuple) -> list[slice]:
 def decode_value(blob: bytes) -> float:
     """A feature value as Feast stores it online (a serialized ``ValueProto``)."""
     if len(blob) == 5 and blob[0] == 0x35:  # ValueProto float_val: tag 6, fixed32
-        return float(np.frombuffer(blob, dtype="<f4", offset=1)[0])
+        return _FLOAT32.unpack_from(blob, 1)[0]
     from feast.protos.feast.types.Value_pb2 import Value
 
     value = Value()
