@@ -18,16 +18,18 @@ and later training rows may use them as of their time like any other snapshot. S
 older than the run's first grid day can no longer be reached by a query and are dropped.
 
 Each snapshot also holds content vectors (Spark MLlib: TF-IDF of an item's title words and
-topics, reduced to ``contracts.CONTENT_DIM`` by PCA). An item's vector comes from its
-metadata alone, so every item of the catalogue has one, cold or not; a user's is the
-recency-weighted mean of the vectors of the items it engaged with before the snapshot's
-day. The model sees only their cosine (``content_sim``). The TF-IDF vocabulary and the PCA
-basis are fit on the whole item catalogue as delivered, and a user's and an item's vectors
-in one snapshot always share a basis.
+topics, reduced to ``contracts.CONTENT_DIM`` by PCA and centred). An item's vector comes
+from its metadata alone, so every item that appeared before the snapshot's day has one,
+whether or not anyone engaged with it; a user's is the recency-weighted mean of the
+vectors of the items it engaged with before that day. The model sees only their cosine
+(``content_sim``). The TF-IDF vocabulary and the PCA basis are fit on the whole item
+catalogue as delivered, so every run gets the same vectors; a change of catalogue or
+method (``content_key``) refits every kept snapshot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 PARTITION = "factor_day"  # the snapshot's day number; the folder name of its partition
+# The content vectors' method; part of content_key, so changing it refits every snapshot.
+CONTENT_METHOD = "tfidf-l2-pca-centred-v1"
 
 
 def snapshot_days(first_query_day: int, last_day: int, every: int) -> list[int]:
@@ -86,6 +90,7 @@ def item_text(meta: pd.DataFrame | None, items: pd.DataFrame) -> pd.DataFrame | 
     has named yet (it still shapes the vocabulary and the basis). None without any text."""
     if meta is None or not {"title", "genres"} & set(meta.columns):
         return None
+    meta = meta.drop_duplicates("item_id").reset_index(drop=True)  # one document per item
     text = pd.Series("", index=meta.index)
     if "title" in meta:
         text = text + meta["title"].fillna("").astype(str)
@@ -137,11 +142,20 @@ def content_vectors(spark: SparkSession, text: pd.DataFrame) -> DataFrame | None
     projected = PCA(k=k, inputCol="unit", outputCol="vec").fit(unit).transform(unit)
     values = vector_to_array("vec")
     vector = [
-        (values[j] if j < k else F.lit(0.0)).cast("float").alias(name)
+        (values[j] if j < k else F.lit(0.0)).alias(name)
         for j, name in enumerate(contracts.ITEM_CONTENT)
     ]
-    out = projected.where(F.col("item_id") >= 0).select("item_id", *vector)
-    return out.localCheckpoint()  # small; fit once, read by every snapshot of the run
+    scores = projected.select("item_id", *vector).cache()
+    # PCAModel.transform projects without the mean that fit centred on: subtract the
+    # corpus' mean projection, so that cosines compare directions from the average item.
+    means = scores.agg(*[F.avg(c).alias(c) for c in contracts.ITEM_CONTENT]).first()
+    centred = [
+        (F.col(c) - F.lit(means[c] or 0.0)).cast("float").alias(c) for c in contracts.ITEM_CONTENT
+    ]
+    out = scores.where(F.col("item_id") >= 0).select("item_id", *centred).localCheckpoint()
+    scores.unpersist()
+    unit.unpersist()
+    return out  # small; fit once, read by every snapshot of the run
 
 
 def user_content(before: DataFrame, item_vectors: DataFrame, day: int, half_life: float):
@@ -149,7 +163,8 @@ def user_content(before: DataFrame, item_vectors: DataFrame, day: int, half_life
     each weighted by ``0.5 ** (age in days / half_life)`` of its latest engagement."""
     from pyspark.sql import functions as F
 
-    latest = before.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
+    engaged = before.where((F.col("rating") > 0) & (F.col("timestamp") < day * 86_400))
+    latest = engaged.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
     age = (F.lit(day * 86_400) - F.col("ts")) / 86_400.0
     weighted = latest.join(item_vectors, "item_id").select(
         "user_id", F.pow(F.lit(0.5), age / half_life).alias("w"), *contracts.ITEM_CONTENT
@@ -171,8 +186,9 @@ def fit_snapshot(
     """ALS on the events before ``day`` (rating > 0 = engaged; a (user, item)'s strongest
     engagement is its confidence), and the users' content vectors from the same events.
     Returns per-user and per-item rows (``contracts.USER_VECTORS``, ``ITEM_VECTORS``)
-    stamped at ``day``: every item with a content vector has a row, its ALS factors null
-    when no event before ``day`` named it. None when there is nothing to fit."""
+    stamped at ``day``: every item that any event before ``day`` named has a row with its
+    content vector, its ALS factors null when none engaged with it. None when there is
+    nothing to fit."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
@@ -218,7 +234,10 @@ def fit_snapshot(
     else:
         profiles = user_content(before, item_vectors, day, settings.content_half_life_days)
         users = users.join(profiles, "user_id", "full_outer")
-        items = items.join(item_vectors, "item_id", "full_outer")
+        # items that existed before the day (any event, a skipped impression too): what a
+        # query then could rank; the same rows however late a run fits the snapshot
+        seen = events.where(ts < day * 86_400).select("item_id").distinct()
+        items = items.join(item_vectors.join(seen, "item_id"), "item_id", "full_outer")
     return (
         users.select("user_id", stamp, *contracts.USER_VECTORS),
         items.select("item_id", stamp, *contracts.ITEM_VECTORS),
@@ -227,6 +246,21 @@ def fit_snapshot(
 
 def _partition(table: Path, day: int) -> Path:
     return table / f"{PARTITION}={day}"
+
+
+def content_key(text: pd.DataFrame | None) -> str:
+    """What a snapshot's content vectors depend on besides the events: the corpus and the
+    method. A change refits every kept snapshot, so no two of them mix vector schemas."""
+    if text is None:
+        return "none"
+    digest = hashlib.sha1(f"{CONTENT_METHOD}:{contracts.CONTENT_DIM}".encode())
+    for doc in text["text"]:
+        digest.update(doc.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _partition_days(table: Path) -> set[int]:
+    return {int(p.name.split("=", 1)[1]) for p in table.glob(f"{PARTITION}=*")}
 
 
 def update_factors(
@@ -240,21 +274,29 @@ def update_factors(
     """Bring both factor tables to ``snapshot_days``: fit the snapshots that are missing or
     whose events changed, write each atomically (a staging folder renamed into place), and
     drop every snapshot that is no longer wanted. ``text`` is the content corpus
-    (:func:`item_text`); without it the content vectors are null. Returns what was fit
-    and kept."""
+    (:func:`item_text`); without it the content vectors are null. A kept snapshot of an
+    earlier run (a served one) is refit only when the content inputs changed
+    (:func:`content_key`). Returns what was fit and kept."""
     days = snapshot_days(first_query_day, last_day, settings.als_every_days)
     tables = {k: catalog.FACTOR_TABLE.path(settings, kind=k) for k in ("user", "item")}
     recorded = catalog.FACTOR_MANIFEST.load_or_none(settings)
     manifest = dict(recorded.root) if recorded else {}
-    prints = _fingerprints(events, days)
+    content = content_key(text)
+    existing = set.intersection(*(_partition_days(t) for t in tables.values()))
+    earlier = {d for d in existing if d >= days[0] and d not in days}  # served, kept
+    prints = _fingerprints(events, sorted({*days, *earlier}))
     fitted, empty = [], []
     item_vectors: DataFrame | None = None
-    for day in days:
-        done = all(_partition(t, day).exists() for t in tables.values())
-        if done and manifest.get(str(day)) == prints[day]:
+    for day in sorted({*days, *earlier}):
+        want = f"{prints[day]}|{content}"
+        if day in earlier:  # kept as served unless its vectors' inputs changed
+            if manifest.get(str(day), "").rpartition("|")[2] == content:
+                continue
+        elif day in existing and manifest.get(str(day)) == want:
             continue
         if item_vectors is None and text is not None:
             item_vectors = content_vectors(spark, text)
+            text = None if item_vectors is None else text  # no vocabulary: do not retry
         snapshot = fit_snapshot(events, day, settings, item_vectors)
         if snapshot is None:
             empty.append(day)
@@ -264,7 +306,7 @@ def update_factors(
             frame.write.mode("overwrite").parquet(str(staging))
             shutil.rmtree(_partition(table, day), ignore_errors=True)
             staging.rename(_partition(table, day))
-        manifest[str(day)] = prints[day]
+        manifest[str(day)] = want
         fitted.append(day)
     kept = set()
     for table in tables.values():

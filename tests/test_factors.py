@@ -126,8 +126,9 @@ def test_content_vectors_come_from_titles_and_topics_and_users_follow_what_they_
 ) -> None:
     """Items of one topic (and title word) point one way, the other topic's another; a
     user's vector is a recency-weighted mean of its engaged items before the snapshot, so
-    its cosine is highest with the topic it engaged with. Items that no event named have
-    vectors too, and items the id map does not know yet shape the corpus but get no row."""
+    its cosine is highest with the topic it engaged with. Items shown but never engaged
+    with have vectors too; items no event before the snapshot named, and items the id map
+    does not know yet, shape the corpus but get no row. A changed catalogue refits."""
     meta = pd.DataFrame(
         {
             "item_id": [f"x{i}" for i in range(12)],
@@ -135,21 +136,27 @@ def test_content_vectors_come_from_titles_and_topics_and_users_follow_what_they_
             "genres": ["Food|Home" if i % 2 else "Sport|Outdoor" for i in range(12)],
         }
     )
-    id_map = pd.DataFrame({"external_id": [f"x{i}" for i in range(10)], "internal_id": range(10)})
-    text = factors.item_text(meta, id_map)
-    assert text["item_id"].tolist() == [*range(10), -1, -1]
+    id_map = pd.DataFrame({"external_id": [f"x{i}" for i in range(11)], "internal_id": range(11)})
+    text = factors.item_text(pd.concat([meta, meta.iloc[:1]]), id_map)  # a duplicate row
+    assert text["item_id"].tolist() == [*range(11), -1]
     assert text["text"].iloc[1] == "Cooking pasta 1 topic_food topic_home"
 
-    # user 0 engaged with even (sport) items, user 1 with odd (food) ones; item 8 and 9
-    # were never named by an event.
+    # user 0 engaged with even (sport) items, user 1 with odd (food) ones; items 8 and 9
+    # were shown and skipped (rating 0), item 10 appears only after the snapshot's day.
     rows = [(0, i, 1.0, 5 + i) for i in (0, 2, 4, 6)] + [(1, i, 1.0, 5 + i) for i in (1, 3, 5, 7)]
+    rows += [(0, 8, 0.0, 14), (1, 9, 0.0, 14), (0, 10, 1.0, 25)]
     settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=3)
-    factors.update_factors(spark, _events(spark, rows), settings, 20, 19, text)
+    events = _events(spark, rows)
+    assert factors.update_factors(spark, events, settings, 20, 19, text)["fitted"] == [20]
     users = _read(settings, "user").set_index("user_id")
     items = _read(settings, "item").set_index("item_id")
     assert sorted(items.index) == list(range(10))
     assert items.loc[[8, 9], contracts.ITEM_FACTORS].isna().all().all()  # cold: no ALS
     assert items[contracts.ITEM_CONTENT].notna().all().all()  # but content for all
+    # the same catalogue fits nothing again; another one refits the snapshot
+    assert factors.update_factors(spark, events, settings, 20, 19, text)["fitted"] == []
+    other = text.assign(text=text["text"].str.replace("pasta", "ramen"))
+    assert factors.update_factors(spark, events, settings, 20, 19, other)["fitted"] == [20]
     pairs = pd.DataFrame(
         np.hstack(
             [
