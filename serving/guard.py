@@ -34,6 +34,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_TYPES = {"application/json"}
 READS = {"/model_version"}  # POST-only BentoML routes that also answer GET
 DOCUMENT = "/docs.json"
+_GONE = b"\0gone"  # _read_limited's answer when the client disconnects mid-body
 ERROR_SCHEMA = {"$ref": "#/components/schemas/InvalidArgument"}  # {"error", "detail"}
 GUARD_ERRORS = {"413": "Payload Too Large", "415": "Unsupported Media Type"}
 
@@ -135,8 +136,8 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"] in READS:
-            scope = {**scope, "method": "POST"}
-        elif scope["method"] == "POST":
+            scope = {**scope, "method": "POST"}  # and checked like one: BentoML reads a body
+        if scope["method"] == "POST":
             problem, declared = self._check_headers(scope)
             if problem is not None:
                 await _reply(send, *problem)
@@ -145,6 +146,8 @@ class RequestGuard:
                 body = await self._read_limited(receive)
                 if body is None:
                     await _reply(send, 413, "Payload Too Large", self._too_large)
+                    return
+                if body is _GONE:  # the client left mid-body: nothing to answer
                     return
                 receive = _replay(body, receive)
         await self.app(scope, receive, self._errors_in_shape(send))
@@ -177,12 +180,13 @@ class RequestGuard:
         return None, declared
 
     async def _read_limited(self, receive: Receive) -> bytes | None:
-        """The whole body, or None as soon as it runs past the limit."""
+        """The whole body; None as soon as it runs past the limit, ``_GONE`` if the client
+        disconnected before its end."""
         chunks, seen = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                return b"".join(chunks)
+                return _GONE
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.max_body_bytes:

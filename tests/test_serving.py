@@ -155,9 +155,12 @@ ALL_ITEMS = [f"i{i}" for i in range(1, N_ITEMS + 1)]
 
 
 def test_rank_known_user(client, world):
+    from serving.service import RankResponse
+
     resp = client.post("/rank", json={"user_id": "u1", "item_ids": ALL_ITEMS})
     assert resp.status_code == 200, resp.text
     body = resp.json()
+    RankResponse.model_validate(body, strict=True)  # the hand-written JSON is the contract
     assert body["model_version"] == world.tag_a
     assert body["fallback"] is False
     assert body["unknown_item_ids"] == []
@@ -276,7 +279,7 @@ def test_bodies_over_the_limit_are_refused_declared_or_streamed(client):
     for resp in (declared, streamed):
         assert resp.status_code == 413, resp.text
         assert str(MAX_BODY_BYTES) in resp.json()["detail"]
-    # just under the limit, streamed, is read whole and answered
+    # a small body without a Content-Length is read whole and answered
     small = b'{"user_id": "u1", "item_ids": ["i1", "i2"]}'
     ok = client.post("/rank", content=iter([small[:10], small[10:]]), headers=JSON)
     assert ok.status_code == 200, ok.text
