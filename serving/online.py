@@ -479,13 +479,16 @@ class ServedLog:
         self.rate = settings.serving_log_sample_rate
         self.rows = rows_per_request
         self._random = random.Random()
-        self.logger = logging.getLogger(f"content_ranker.served.{os.getpid()}")
+        path = settings.serving_log_dir / f"served-{os.getpid()}.jsonl"
+        # A logger per file, not per process: a process that serves two data directories
+        # (the test suite does) must not write one's rows into the other's log.
+        self.logger = logging.getLogger(f"content_ranker.served.{hash(str(path)):x}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
         if self.rate > 0 and not self.logger.handlers:
             settings.serving_log_dir.mkdir(parents=True, exist_ok=True)
             handler = RotatingFileHandler(
-                settings.serving_log_dir / f"served-{os.getpid()}.jsonl",
+                path,
                 maxBytes=settings.serving_log_max_mb * 1_000_000,
                 backupCount=settings.serving_log_backups,
             )

@@ -132,7 +132,8 @@ def test_the_collaborative_and_content_signals_are_point_in_time_and_ablated(wor
     snapshot_days = sorted(int(d) for d in table[factors.PARTITION].unique())
     first_query = int(train["event_timestamp"].min().timestamp()) // 86_400
     assert snapshot_days[0] <= first_query
-    assert not {c for c in train.columns if c.startswith(("als_", "cv_"))}  # only the scores
+    vectors = {*contracts.USER_VECTORS, *contracts.ITEM_VECTORS}
+    assert not vectors & set(train.columns)  # only the scores are kept
 
     evaluation = catalog.EVALUATION.load(world.settings, date=world.first_run)
     per_query = pd.read_parquet(catalog.PER_QUERY.path(world.settings, date=world.first_run))
