@@ -55,7 +55,24 @@ class Plan:
     phase_s: float = 8.0
     warmup_s: float = 3.0
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
-    rates: list[int] = field(default_factory=lambda: [10, 50, 100, 200, 300, 400, 500, 600])
+    rates: list[int] = field(
+        default_factory=lambda: [
+            10,
+            50,
+            100,
+            200,
+            300,
+            400,
+            500,
+            600,
+            800,
+            1000,
+            1500,
+            2000,
+            3000,
+            4000,
+        ]
+    )
     feast_rates: list[int] = field(default_factory=lambda: [10, 20, 50])
     floor_rates: list[int] | None = None  # None: the same steps as fast
     compare_rate: int = 100  # redis vs SQLite p99 is judged here: both step at least this far

@@ -31,6 +31,10 @@ from pipelines.config import Settings
 
 log = logging.getLogger(__name__)
 _FLOAT32 = struct.Struct("<f")
+# How long a read waits on a lock held by a writer (Feast's materialization holds SQLite's
+# lock while it commits a batch) before the request falls back to popularity, flagged.
+# sqlite3's default, 5 s, hung every request behind a held lock.
+SQLITE_BUSY_TIMEOUT_S = 0.25
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
@@ -202,6 +206,18 @@ def _tables(store: Any, views: tuple) -> list[tuple[str, dict[str, int]]]:
     return out
 
 
+def sqlite_path(store: Any) -> Path:
+    """The file of a Feast SQLite online store."""
+    path = Path(store.config.online_store.path)
+    return path if path.is_absolute() else Path(store.repo_path) / path
+
+
+def _no_table(exc: sqlite3.OperationalError) -> bool:
+    """A view never materialized has no table; any other error (a lock held past the busy
+    timeout, an unreadable file) is the store being unavailable, and is raised."""
+    return str(exc).startswith("no such table")
+
+
 class _SqliteRows:
     """Feast's SQLite online store: one table per view, a row per (entity, feature)."""
 
@@ -221,10 +237,12 @@ class _SqliteRows:
             f'SELECT {v}, feature_name, value, event_ts FROM "{t}" WHERE entity_key = ?'
             for v, (t, _) in enumerate(self.user_tables)
         )
-        path = Path(store.config.online_store.path)
-        if not path.is_absolute():
-            path = Path(store.repo_path) / path
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._conn = sqlite3.connect(
+            f"file:{sqlite_path(store)}?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            timeout=SQLITE_BUSY_TIMEOUT_S,
+        )
         self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def items(self) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +254,9 @@ class _SqliteRows:
                 rows = self._conn.execute(
                     f'SELECT entity_key, feature_name, value, event_ts FROM "{table}"'
                 ).fetchall()
-            except sqlite3.OperationalError:  # a view never materialized has no table
+            except sqlite3.OperationalError as exc:
+                if not _no_table(exc):
+                    raise
                 rows = []
             for key, *_ in rows:
                 if key not in key_ids:
@@ -260,8 +280,10 @@ class _SqliteRows:
         key = self._key(user_id)
         try:
             rows = self._conn.execute(self._user_sql, (key,) * len(self.user_tables))
-        except sqlite3.OperationalError:  # a view never materialized: read the others
-            rows = [
+        except sqlite3.OperationalError as exc:
+            if not _no_table(exc):
+                raise
+            rows = [  # a view never materialized: read the others
                 (v, *r) for v, (t, _) in enumerate(self.user_tables) for r in self._maybe(t, key)
             ]
         stamps: dict[int, Any] = {}  # a view's rows share one stamp: parse it once
@@ -279,7 +301,9 @@ class _SqliteRows:
             return self._conn.execute(
                 f'SELECT feature_name, value, event_ts FROM "{table}" WHERE entity_key = ?', (key,)
             ).fetchall()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if not _no_table(exc):
+                raise
             return []
 
 

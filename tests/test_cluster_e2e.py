@@ -23,7 +23,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -329,51 +328,11 @@ def test_rank_is_served_from_redis(cluster, server):
     assert len(body["items"]) == 100
 
 
-class Load:
-    """Requests from 4 threads, back to back, each recording (time, status, body or error)."""
-
-    def __init__(self, url: str, body: dict):
-        self.url, self.body, self.records, self.stop = url, body, [], threading.Event()
-        self.threads = [threading.Thread(target=self._loop) for _ in range(4)]
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    resp = client.post(self.url, json=self.body)
-                    body = resp.json() if resp.status_code == 200 else resp.text
-                    self.records.append(
-                        (started, time.monotonic() - started, resp.status_code, body)
-                    )
-                except httpx.HTTPError as error:
-                    self.records.append((started, time.monotonic() - started, None, repr(error)))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-    def within(self, start: float, end: float) -> list[tuple]:
-        """The requests sent and answered inside [start, end)."""
-        return [r for r in self.records if start <= r[0] and r[0] + r[1] < end]
-
-
-def _has_features(record: tuple) -> bool:
-    _, _, status, body = record
-    return status == 200 and not body["online_store_unavailable"] and not body["fallback"]
-
-
 def test_redis_shut_down_under_load_gives_flagged_fallbacks_never_a_5xx(cluster, server):
     """Redis goes away while /rank is under load, and comes back with its data: every
     request answers within its timeout, with a flagged popularity fallback (or a clear
     503), never a 500; once Redis is back, the next requests have features again."""
-    with Load(f"{server.base}/rank", server.body) as load:
+    with worlds.Load(f"{server.base}/rank", server.body) as load:
         time.sleep(2)
         down_at = time.monotonic()
         cluster.redis.shutdown()  # returns once the server has exited
@@ -381,26 +340,7 @@ def test_redis_shut_down_under_load_gives_flagged_fallbacks_never_a_5xx(cluster,
         time.sleep(3)
         up_at = time.monotonic()
         cluster.redis.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            # Each pooled connection fails once on the old socket, then reconnects.
-            recent = load.within(up_at, time.monotonic())[-8:]
-            if len(recent) == 8 and all(_has_features(r) for r in recent):
-                break
-            time.sleep(0.2)
-        back_at = time.monotonic()
+        # Each pooled connection fails once on the old socket, then reconnects.
+        back_at = load.wait_for_features(up_at)
         time.sleep(1)
-
-    records = load.records
-    assert len(records) > 50
-    statuses = {r[2] for r in records}
-    assert statuses <= {200, 503}, [r for r in records if r[2] not in (200, 503)][:3]
-    assert max(r[1] for r in records) < 2.0  # never a hung request
-    before = load.within(0, down_at)
-    assert before and all(_has_features(r) for r in before)
-    during = [r for r in load.within(gone_at, up_at) if r[2] == 200]
-    assert during, "no request was answered while Redis was down"
-    assert all(r[3]["online_store_unavailable"] and r[3]["fallback"] for r in during)
-    assert all(len(r[3]["items"]) == 100 for r in during)  # the items' popularity, from memory
-    after = load.within(back_at, time.monotonic())
-    assert after and all(_has_features(r) for r in after)
+    worlds.assert_store_outage_was_served(load, down_at, gone_at, up_at, back_at, items=100)

@@ -9,6 +9,9 @@ run in-process through ``Ranker.to_asgi()``; hot reload and infra-validation use
 from __future__ import annotations
 
 import functools
+import sqlite3
+import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -421,8 +424,6 @@ def _wait_for_version(
     Each worker swaps on its own (in the background), so one answer with the new tag
     does not mean every worker has it; many in a row, spread over the workers, does.
     """
-    import time
-
     import httpx
 
     started, streak = time.monotonic(), 0
@@ -519,6 +520,39 @@ def test_unknown_items_are_all_missing(readers):
     assert np.isnan(batch.matrix[1, N_USER:-1]).all()
 
 
+@contextmanager
+def store_locked(world):
+    """Another connection holds SQLite's exclusive lock on the online store, as a writer
+    stuck inside its commit would: no reader gets in until it lets go."""
+    from pipelines.feature_store import open_store
+    from serving.online import sqlite_path
+
+    with closing(sqlite3.connect(sqlite_path(open_store(world.settings)), timeout=10)) as conn:
+        conn.isolation_level = None
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+
+
+def test_a_locked_store_is_a_flagged_fallback_within_the_busy_timeout(readers, world):
+    from serving.online import SQLITE_BUSY_TIMEOUT_S
+
+    fast, _ = readers
+    assert fast.read(1, [1, 2]).user_found
+    items_before = fast.items.copy()
+    with store_locked(world):
+        started = time.monotonic()
+        locked = fast.read(1, [1, 2])
+        waited = time.monotonic() - started
+    assert locked.store_unavailable and not locked.user_found
+    assert waited < SQLITE_BUSY_TIMEOUT_S + 1.0  # not sqlite3's default 5 s per statement
+    np.testing.assert_array_equal(fast.items, items_before)  # items still from memory
+    again = fast.read(1, [1, 2])
+    assert again.user_found and not again.store_unavailable
+
+
 @pytest.mark.parametrize("path", ["fast", "sdk"])
 def test_values_older_than_the_ttl_count_as_missing(readers, path):
     fast, sdk = readers
@@ -563,7 +597,6 @@ def test_hot_swap_under_load_fails_no_request(server, world):
     """Promotion and rollback while 4 clients hammer /rank: every request answers 200,
     and once the pointer moves, later requests report the new model within 5 s."""
     import threading
-    import time
 
     import httpx
 
@@ -622,3 +655,24 @@ def test_hot_swap_under_load_fails_no_request(server, world):
 
     assert switch_seconds(promoted_at, rolled_back_at, world.tag_b) < 2.5
     assert switch_seconds(rolled_back_at, started + elapsed, world.tag_a) < 2.5
+
+
+def test_a_locked_store_under_load_gives_flagged_fallbacks_never_a_5xx(server, world):
+    """The online store's file is locked for 3 s while 4 clients hammer /rank: every
+    request answers, 200 with a flagged popularity fallback (or a clear 503), never a 500
+    and never hung; once the lock goes, the next requests have features again."""
+    import worlds
+
+    body = {"user_id": "u1", "item_ids": ALL_ITEMS}
+    with worlds.Load(f"{server}/rank", body) as load:
+        time.sleep(1.5)
+        down_at = time.monotonic()
+        with store_locked(world):
+            gone_at = time.monotonic()
+            time.sleep(3)
+            up_at = time.monotonic()
+        back_at = load.wait_for_features(up_at)
+        time.sleep(1)
+    worlds.assert_store_outage_was_served(
+        load, down_at, gone_at, up_at, back_at, items=len(ALL_ITEMS)
+    )

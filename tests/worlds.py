@@ -6,6 +6,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from contextlib import closing
 from datetime import date
 from pathlib import Path
@@ -136,3 +138,75 @@ def new_users_dataset(
         "first_date": min(days_seen),
         "last_date": max(days_seen),
     }
+
+
+class Load:
+    """Requests from 4 threads, back to back, each recording (time, status, body or error)."""
+
+    def __init__(self, url: str, body: dict):
+        self.url, self.body, self.records, self.stop = url, body, [], threading.Event()
+        self.threads = [threading.Thread(target=self._loop) for _ in range(4)]
+
+    def _loop(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5) as client:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    resp = client.post(self.url, json=self.body)
+                    body = resp.json() if resp.status_code == 200 else resp.text
+                    self.records.append(
+                        (started, time.monotonic() - started, resp.status_code, body)
+                    )
+                except httpx.HTTPError as error:
+                    self.records.append((started, time.monotonic() - started, None, repr(error)))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def within(self, start: float, end: float) -> list[tuple]:
+        """The requests sent and answered inside [start, end)."""
+        return [r for r in self.records if start <= r[0] and r[0] + r[1] < end]
+
+    def wait_for_features(self, since: float, timeout_s: float = 30) -> float:
+        """Once the store is back: wait for 8 answers in a row with features; returns when."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            recent = self.within(since, time.monotonic())[-8:]
+            if len(recent) == 8 and all(has_features(r) for r in recent):
+                break
+            time.sleep(0.2)
+        return time.monotonic()
+
+
+def has_features(record: tuple) -> bool:
+    _, _, status, body = record
+    return status == 200 and not body["online_store_unavailable"] and not body["fallback"]
+
+
+def assert_store_outage_was_served(
+    load: Load, down_at: float, gone_at: float, up_at: float, back_at: float, items: int
+) -> None:
+    """Every request answered in time, 200 or a clear 503, never a 500; features before the
+    outage, a flagged popularity fallback of every item during it, features after it."""
+    records = load.records
+    assert len(records) > 50
+    statuses = {r[2] for r in records}
+    assert statuses <= {200, 503}, [r for r in records if r[2] not in (200, 503)][:3]
+    assert max(r[1] for r in records) < 2.0  # never a hung request
+    before = load.within(0, down_at)
+    assert before and all(has_features(r) for r in before)
+    during = [r for r in load.within(gone_at, up_at) if r[2] == 200]
+    assert during, "no request was answered while the store was down"
+    assert all(r[3]["online_store_unavailable"] and r[3]["fallback"] for r in during)
+    assert all(len(r[3]["items"]) == items for r in during)  # the items' popularity, from memory
+    after = load.within(back_at, time.monotonic())
+    assert after and all(has_features(r) for r in after)
