@@ -12,7 +12,7 @@ that every run picks the same days), from one step before the training window to
 lake's last day, plus one at the day after the lake's last day: the snapshot serving
 reads. A snapshot is fit once and kept; a run refits one of its own days only when the
 events before it changed (a backfilled partition), which the manifest records as a count
-and an order-free hash. The serving snapshots of earlier runs stay as they were: they are
+and an order-free hash, or the ALS configuration changed (:func:`als_key`). The serving snapshots of earlier runs stay as they were: they are
 what was served on those days, so the skew check can join the served rows back to them,
 and later training rows may use them as of their time like any other snapshot. Snapshots
 older than the run's first grid day can no longer be reached by a query and are dropped.
@@ -199,6 +199,7 @@ def fit_snapshot(
     pairs = before.groupBy("user_id", "item_id").agg(F.max("rating").alias("rating"))
     if not pairs.limit(1).count():
         return None
+    spark = events.sparkSession
     als = ALS(
         rank=contracts.ALS_RANK,
         maxIter=settings.als_iterations,
@@ -210,9 +211,15 @@ def fit_snapshot(
         itemCol="item_id",
         ratingCol="rating",
         # a block per core (the default is 10): each block is a task in every step
-        numUserBlocks=events.sparkSession.sparkContext.defaultParallelism,
-        numItemBlocks=events.sparkSession.sparkContext.defaultParallelism,
+        numUserBlocks=spark.sparkContext.defaultParallelism,
+        numItemBlocks=spark.sparkContext.defaultParallelism,
     )
+    if not spark.sparkContext.getCheckpointDir():
+        # ALS checkpoints its factors every 10 iterations, but only with a checkpoint
+        # directory; without one, 20 iterations overflowed the JVM's stack on ML-1M (the
+        # RDD lineage grows with every iteration). Under the shared data root, so a
+        # cluster's executors reach it too.
+        spark.sparkContext.setCheckpointDir(str(settings.data_dir / "spark-checkpoints"))
     model = als.fit(
         pairs.select(F.col("user_id").cast("int"), F.col("item_id").cast("int"), "rating")
     )
@@ -248,6 +255,18 @@ def _partition(table: Path, day: int) -> Path:
     return table / f"{PARTITION}={day}"
 
 
+def als_key(settings: Settings) -> str:
+    """What an ALS fit depends on besides its events: changing any of it refits the
+    snapshots of the run's grid (a served one is kept as served)."""
+    return "als:r{}:i{}:l{}:a{}:w{}".format(
+        contracts.ALS_RANK,
+        settings.als_iterations,
+        settings.als_reg,
+        settings.als_alpha,
+        settings.als_window_days,
+    )
+
+
 def content_key(text: pd.DataFrame | None) -> str:
     """What a snapshot's content vectors depend on besides the events: the corpus and the
     method. A change refits every kept snapshot, so no two of them mix vector schemas."""
@@ -276,19 +295,20 @@ def update_factors(
     drop every snapshot that is no longer wanted. ``text`` is the content corpus
     (:func:`item_text`); without it the content vectors are null. A kept snapshot of an
     earlier run (a served one) is refit only when the content inputs changed
-    (:func:`content_key`). Returns what was fit and kept."""
+    (:func:`content_key`); one of the grid is refit when its events or the ALS
+    configuration (:func:`als_key`) changed. Returns what was fit and kept."""
     days = snapshot_days(first_query_day, last_day, settings.als_every_days)
     tables = {k: catalog.FACTOR_TABLE.path(settings, kind=k) for k in ("user", "item")}
     recorded = catalog.FACTOR_MANIFEST.load_or_none(settings)
     manifest = dict(recorded.root) if recorded else {}
-    content = content_key(text)
+    content, als = content_key(text), als_key(settings)
     existing = set.intersection(*(_partition_days(t) for t in tables.values()))
     earlier = {d for d in existing if d >= days[0] and d not in days}  # served, kept
     prints = _fingerprints(events, sorted({*days, *earlier}))
     fitted, empty = [], []
     item_vectors: DataFrame | None = None
     for day in sorted({*days, *earlier}):
-        want = f"{prints[day]}|{content}"
+        want = f"{prints[day]}|{als}|{content}"
         if day in earlier:  # kept as served unless its vectors' inputs changed
             if manifest.get(str(day), "").rpartition("|")[2] == content:
                 continue
@@ -301,12 +321,18 @@ def update_factors(
         if snapshot is None:
             empty.append(day)
             continue
+        # The day's entry goes before its partitions are replaced and comes back after:
+        # a run killed in between leaves a snapshot the manifest does not vouch for, which
+        # the next run refits, never one recorded with the inputs of another fit.
+        if manifest.pop(str(day), None) is not None:
+            catalog.FACTOR_MANIFEST.save(settings, manifest)
         for table, frame in zip(tables.values(), snapshot, strict=True):
             staging = table / f"_staging_{PARTITION}={day}"
             frame.write.mode("overwrite").parquet(str(staging))
             shutil.rmtree(_partition(table, day), ignore_errors=True)
             staging.rename(_partition(table, day))
         manifest[str(day)] = want
+        catalog.FACTOR_MANIFEST.save(settings, manifest)
         fitted.append(day)
     kept = set()
     for table in tables.values():

@@ -28,6 +28,8 @@ def get_spark(settings: Settings) -> SparkSession:
         .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
+        # ALS's checkpoints (pipelines.factors) go once their RDDs are unreachable
+        .config("spark.cleaner.referenceTracking.cleanCheckpoints", "true")
         .config("spark.driver.bindAddress", settings.spark_driver_bind_address)
         .config("spark.driver.host", settings.spark_driver_host)
         .config("spark.executor.memory", settings.spark_executor_memory)

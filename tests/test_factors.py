@@ -97,8 +97,22 @@ def test_snapshots_are_reused_refit_on_a_backfill_and_served_ones_kept(spark, tm
     late = _events(spark, [*rows, (0, 1, 3.0, 30)])
     assert factors.update_factors(spark, late, settings, 21, 45)["fitted"] == [40, 46]
 
+    # Another ALS configuration refits the grid's snapshots; the served one stays as served.
+    other = settings.model_copy(update={"als_reg": 0.2})
+    assert factors.update_factors(spark, late, other, 21, 45)["fitted"] == [20, 40, 46]
+    pd.testing.assert_frame_equal(snapshot(45), served)
+
     # Once the window's first grid day is 40, nothing before it can be reached.
-    assert factors.update_factors(spark, late, settings, 41, 45)["days"] == [40, 45, 46]
+    assert factors.update_factors(spark, late, other, 41, 45)["days"] == [40, 45, 46]
+
+
+def test_many_als_iterations_fit_without_overflowing_the_stack(spark, tmp_path) -> None:
+    """ALS's lineage grows with every iteration; with no checkpoint directory, 20 of them
+    overflowed the JVM's stack on ML-1M. fit_snapshot sets one under the data root."""
+    settings = Settings(data_dir=tmp_path, als_iterations=40)
+    users, items = factors.fit_snapshot(_events(spark, _world(4, range(0, 10))), 10, settings)
+    assert users.count() > 0 and items.count() > 0
+    assert spark.sparkContext.getCheckpointDir()
 
 
 def test_the_snapshots_a_run_can_join_are_named_for_its_lineage(tmp_path) -> None:
