@@ -258,12 +258,10 @@ def _partition(table: Path, day: int) -> Path:
 def als_key(settings: Settings) -> str:
     """What an ALS fit depends on besides its events: changing any of it refits the
     snapshots of the run's grid (a served one is kept as served)."""
-    return "als:r{}:i{}:l{}:a{}:w{}".format(
-        contracts.ALS_RANK,
-        settings.als_iterations,
-        settings.als_reg,
-        settings.als_alpha,
-        settings.als_window_days,
+    s = settings
+    return (
+        f"als:r{contracts.ALS_RANK}:i{s.als_iterations}:l{s.als_reg}:a{s.als_alpha}"
+        f":w{s.als_window_days}"
     )
 
 
