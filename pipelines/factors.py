@@ -12,7 +12,8 @@ that every run picks the same days), from one step before the training window to
 lake's last day, plus one at the day after the lake's last day: the snapshot serving
 reads. A snapshot is fit once and kept; a run refits one of its own days only when the
 events before it changed (a backfilled partition), which the manifest records as a count
-and an order-free hash, or the ALS configuration changed (:func:`als_key`). The serving snapshots of earlier runs stay as they were: they are
+and an order-free hash, or when the ALS configuration changed (:func:`als_key`). The
+serving snapshots of earlier runs stay as they were: they are
 what was served on those days, so the skew check can join the served rows back to them,
 and later training rows may use them as of their time like any other snapshot. Snapshots
 older than the run's first grid day can no longer be reached by a query and are dropped.
