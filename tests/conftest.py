@@ -22,6 +22,27 @@ if TYPE_CHECKING:
 _LEAKED_ENV = ("CR_DATA_DIR", "BENTOML_HOME")
 
 
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """A short report for ``==`` on two long sequences: pytest's own diff of them is
+    quadratic, and one failed comparison of online-store rows ran for over an hour (and
+    timed CI out) before printing anything."""
+    sequences = (list, tuple)
+    if op != "==" or not isinstance(left, sequences) or not isinstance(right, sequences):
+        return None
+    if max(len(left), len(right)) <= 200:
+        return None
+    first = next(
+        (i for i, (a, b) in enumerate(zip(left, right, strict=False)) if a != b),
+        min(len(left), len(right)),
+    )
+    return [
+        f"two sequences of {len(left)} and {len(right)} items differ",
+        f"first difference at index {first}:",
+        f"  left:  {left[first] if first < len(left) else '(ended)'!r:.500}",
+        f"  right: {right[first] if first < len(right) else '(ended)'!r:.500}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """``local[2]`` SparkSession built by the project's own ``get_spark``."""

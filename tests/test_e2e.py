@@ -207,8 +207,7 @@ def test_rerun_of_the_same_date_overwrites(world):
 def test_rerunning_a_date_reproduces_features_and_online_store(world, monkeypatch):
     from pipelines import config, tasks
 
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    config.get_settings.cache_clear()
+    worlds.use_env(monkeypatch, world.env)
     try:
         tables = {k: catalog.FEATURE_TABLE.path(world.settings, kind=k) for k in ("user", "item")}
         before = {k: pd.read_parquet(path) for k, path in tables.items()}
@@ -228,8 +227,7 @@ def test_rerunning_the_training_set_reproduces_it_row_for_row(world, monkeypatch
     stage writes the same rows and the same lineage hash."""
     from pipelines import config, tasks
 
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    config.get_settings.cache_clear()
+    worlds.use_env(monkeypatch, world.env)
     paths = [
         entry.path(world.settings, date=world.first_run)
         for entry in (catalog.TRAINING_SET, catalog.HOLDOUT)
@@ -253,8 +251,7 @@ def test_training_set_bench_runs_both_joins_on_the_same_rows(world, monkeypatch,
     from benchmarks import training_set_bench
     from pipelines import config
 
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    config.get_settings.cache_clear()
+    worlds.use_env(monkeypatch, world.env)
     try:
         report = training_set_bench.run(world.first_run, tmp_path / "training_set_bench.json")
     finally:
@@ -355,8 +352,7 @@ def test_a_corrected_partition_is_reingested_cleanly(world, monkeypatch):
 
     landed = catalog.LANDING.path(world.settings, date=world.last_day)
     (world.settings.data_dir / "good-last-day.parquet").replace(landed)  # upstream re-delivers
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    config.get_settings.cache_clear()
+    worlds.use_env(monkeypatch, world.env)
     try:
         assert tasks.ingest(world.last_day)["partitions"] == 1
         assert tasks.validate(world.last_day)["passed"] is True
@@ -380,8 +376,7 @@ def test_the_next_days_features_are_incremental_and_equal_a_run_from_scratch(
     copy = tmp_path / "data"
     shutil.copytree(world.settings.data_dir, copy)
     settings = Settings(data_dir=copy)
-    monkeypatch.setenv("CR_DATA_DIR", str(copy))
-    config.get_settings.cache_clear()
+    worlds.use_env(monkeypatch, {**world.env, "CR_DATA_DIR": str(copy)})
 
     def tables() -> dict[str, pd.DataFrame]:
         return {
@@ -412,10 +407,8 @@ def test_the_next_days_features_are_incremental_and_equal_a_run_from_scratch(
 def test_worse_challenger_is_not_promoted(world, monkeypatch):
     from pipelines import config, tasks
 
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
-    monkeypatch.setenv("CR_N_ESTIMATORS", "80")
-    monkeypatch.setenv("BENTOML_HOME", str(world.settings.bentoml_home))
-    config.get_settings.cache_clear()
+    # the world's settings; the gate needs no ablation, which would train two more models
+    worlds.use_env(monkeypatch, {**world.env, "CR_ABLATION": "false"})
     try:
         from pipelines import registry
 
@@ -451,7 +444,7 @@ def test_served_feature_skew_is_detected_and_blocks_promotion(world, monkeypatch
     from pipelines.feature_store import open_store
     from serving.online import FastReader, ServedLog
 
-    monkeypatch.setenv("CR_DATA_DIR", str(world.settings.data_dir))
+    worlds.use_env(monkeypatch, {**world.env, "CR_ABLATION": "false"})
     monkeypatch.setenv("CR_SERVING_LOG_SAMPLE_RATE", "1.0")
     config.get_settings.cache_clear()
     try:

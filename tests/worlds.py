@@ -41,6 +41,19 @@ def project_env(data_dir: Path, **overrides: str) -> dict[str, str]:
     return env | overrides
 
 
+def use_env(monkeypatch, env: dict[str, str]) -> None:
+    """Give ``pipelines.tasks`` called in this process the settings the world's DAG runs had:
+    every ``CR_`` variable of ``env`` (and BentoML's home), not only its data dir. A task
+    re-run with other settings (say the ALS iterations) rightly refits, and then its output
+    differs from the DAG's. Pair with ``config.get_settings.cache_clear()`` afterwards."""
+    from pipelines import config
+
+    for key, value in env.items():
+        if key.startswith("CR_") or key == "BENTOML_HOME":
+            monkeypatch.setenv(key, value)
+    config.get_settings.cache_clear()
+
+
 def run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
