@@ -1,5 +1,4 @@
-"""Shared fixtures: one local SparkSession per test process, and headless Chromium; and the
-order in which ``make test`` (``pytest -n 2 --dist loadfile``) hands modules to its workers."""
+"""Shared fixtures: one local SparkSession for the whole test session, and headless Chromium."""
 
 from __future__ import annotations
 
@@ -21,19 +20,6 @@ if TYPE_CHECKING:
 # ``Settings.export_env`` points these at the settings' data dir; the fixture's
 # throwaway directory must not leak into other tests' environment.
 _LEAKED_ENV = ("CR_DATA_DIR", "BENTOML_HOME")
-
-
-# The modules that run whole DAGs with a real scheduler or a cluster, slowest first. ``make
-# test`` gives each of its two workers whole modules in collection order
-# (``--no-loadscope-reorder``), so these start at once, the two cluster modules on one worker
-# (each starts a Spark standalone cluster), and the short modules fill in behind them. Much
-# of their time is waiting: on scheduler heartbeats, task start-up, a killed worker's timeout.
-SLOWEST_FIRST = ("test_backfill.py", "test_cluster_e2e.py", "test_e2e.py", "test_cluster.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a rank
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
