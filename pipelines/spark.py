@@ -14,8 +14,13 @@ def get_spark(settings: Settings) -> SparkSession:
     from pyspark.sql import SparkSession
 
     settings.export_env()
+    builder = SparkSession.builder
+    if settings.spark_java_options:
+        builder = builder.config(
+            "spark.driver.extraJavaOptions", settings.spark_java_options
+        ).config("spark.executor.extraJavaOptions", settings.spark_java_options)
     return (
-        SparkSession.builder.master(settings.spark_master)
+        builder.master(settings.spark_master)
         .appName("content-ranker")
         .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.sql.session.timeZone", "UTC")
