@@ -140,8 +140,11 @@ format: install
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+# Two workers, each taking whole modules (their worlds are module fixtures), slowest first
+# (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf .data

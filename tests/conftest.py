@@ -1,10 +1,12 @@
-"""Shared fixtures: one local SparkSession for the whole test session, and headless Chromium."""
+"""Shared fixtures: one local SparkSession per test process, and headless Chromium; and the
+order in which ``make test`` (``pytest -n 2 --dist loadfile``) hands modules to its workers."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +19,19 @@ from pipelines.spark import get_spark
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+# A pytest-xdist worker runs under execnet, whose ``__main__`` has neither a file nor a spec.
+# ``pyspark.sql.connect`` takes that for its own doctest run and calls ``sys.exit(0)`` on
+# import (``pyspark/sql/connect/utils.py``), which Great Expectations' import reaches and
+# does not catch: every test using GE failed. Give the worker's ``__main__`` the file a plain
+# ``pytest`` process has: the console script, whose body is guarded by ``__name__``.
+_main = sys.modules["__main__"]
+if (
+    os.environ.get("PYTEST_XDIST_WORKER")
+    and _main.__spec__ is None
+    and not hasattr(_main, "__file__")
+):
+    _main.__file__ = str(Path(sys.executable).with_name("pytest"))
+
 # Every Spark JVM the suite starts, in this process and in the DAG runs, schedulers and
 # clusters it launches (they inherit the environment): the suite is CPU-bound on 2 cores, and
 # its Spark jobs are small and many, so JVM start-up and JIT dominate. On a small workload
@@ -28,6 +43,21 @@ os.environ.setdefault("CR_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+Use
 # ``Settings.export_env`` points these at the settings' data dir; the fixture's
 # throwaway directory must not leak into other tests' environment.
 _LEAKED_ENV = ("CR_DATA_DIR", "BENTOML_HOME")
+
+
+# The modules that run whole DAGs with a real scheduler or a cluster, slowest first. ``make
+# test`` gives each of its two workers whole modules in collection order
+# (``--no-loadscope-reorder``), so these start at once, the two cluster modules on one worker
+# (each starts a Spark standalone cluster), and the short modules fill in behind them. Much
+# of their time is waiting: on scheduler heartbeats, task start-up, a killed worker's timeout.
+# The suite is CPU-bound on 2 cores all the same; two workers took 39 min where one took
+# about 46 min on the same machine the same day (README, "make test").
+SLOWEST_FIRST = ("test_backfill.py", "test_cluster_e2e.py", "test_e2e.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a rank
 
 
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
