@@ -50,8 +50,8 @@ _LEAKED_ENV = ("CR_DATA_DIR", "BENTOML_HOME")
 # (``--no-loadscope-reorder``), so these start at once, the two cluster modules on one worker
 # (each starts a Spark standalone cluster), and the short modules fill in behind them. Much
 # of their time is waiting: on scheduler heartbeats, task start-up, a killed worker's timeout.
-# The suite is CPU-bound on 2 cores all the same; two workers took 39 min where one took
-# about 46 min on the same machine the same day (README, "make test").
+# The suite is CPU-bound on 2 cores all the same; two workers took 31 min where one process
+# had run 35 % of the tests after 39 min, on the same machine the same day (README).
 SLOWEST_FIRST = ("test_backfill.py", "test_cluster_e2e.py", "test_e2e.py", "test_cluster.py")
 
 
