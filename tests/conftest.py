@@ -47,8 +47,8 @@ _LEAKED_ENV = ("CR_DATA_DIR", "BENTOML_HOME")
 
 # The modules that run whole DAGs with a real scheduler or a cluster, slowest first. ``make
 # test`` gives each of its two workers whole modules in collection order
-# (``--no-loadscope-reorder``), so these start at once, the two cluster modules on one worker
-# (each starts a Spark standalone cluster), and the short modules fill in behind them. Much
+# (``--no-loadscope-reorder``), two each to start with, so the two longest start at once
+# and the short modules fill in behind them. Much
 # of their time is waiting: on scheduler heartbeats, task start-up, a killed worker's timeout.
 # The suite is CPU-bound on 2 cores all the same; two workers took 31 min where one process
 # had run 35 % of the tests after 39 min, on the same machine the same day (README).
