@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     spark_executor_memory: str = "2g"  # per executor, on a cluster
     # Extra JVM flags for the driver and the executors (the one JVM in local mode). Empty
     # here; the test suite, whose Spark jobs are small and many, runs with C1 only and the
-    # serial GC (tests/conftest.py), which costs 42 % less JVM CPU on a small workload.
+    # serial GC (tests/conftest.py; measured in the README's "make test" paragraph).
     spark_java_options: str = ""
     holdout_days: int = 90  # ML-1M is sparse at its end: 90 days give ~640 queries
     train_days: int = 540  # training window before the holdout

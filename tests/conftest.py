@@ -34,10 +34,9 @@ if (
 
 # Every Spark JVM the suite starts, in this process and in the DAG runs, schedulers and
 # clusters it launches (they inherit the environment): the suite is CPU-bound on 2 cores, and
-# its Spark jobs are small and many, so JVM start-up and JIT dominate. On a small workload
-# (session start, joins, parquet, an ALS fit) C1 only and the serial GC took 26 s of JVM CPU
-# against 45 s with the defaults. They change no result, only how the JVM compiles and
-# collects.
+# its Spark jobs are small and many, so JVM start-up and JIT dominate (the saving is measured
+# in the README's "make test" paragraph). These flags change no result, only how the JVM
+# compiles and collects.
 os.environ.setdefault("CR_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 # ``Settings.export_env`` points these at the settings' data dir; the fixture's
