@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)
     # Collaborative factors (pipelines.factors): ALS snapshots every als_every_days, each fit
-    # on the events before it (the last als_window_days of them; 0 = all).
-    als_every_days: int = 180
+    # on the events before it (the last als_window_days of them; 0 = all). 0 = from the
+    # lake's span (factors.grid_step): 180 days on ML-1M, 30 on a 180-day feed.
+    als_every_days: int = 0
     als_window_days: int = 0
     als_iterations: int = 10
     als_reg: float = 0.1

@@ -155,13 +155,15 @@ def build_features(logical_date: date) -> dict:
     # The factors are fit on all events before each snapshot, not only the recent days.
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
     history = lake_events(spark, settings, through).persist(StorageLevel.MEMORY_AND_DISK)
+    last = features.day_number(through)
     out["factors"] = factors.update_factors(
         spark,
         history,
         settings,
         bounds["train_start"],
-        features.day_number(through),
+        last,
         factors.item_text(meta, items),
+        every=factors.grid_step(settings, features.day_number(lake_days(settings)[0]), last),
     )
     history.unpersist()
 

@@ -11,7 +11,8 @@ the API routes and makes the contract hold:
 - Every 4xx from an API route has the documented ``InvalidArgument`` shape:
   ``{"error": str, "detail": str}``. BentoML's validation errors carry ``detail`` as a
   list of pydantic errors, and its other 4xx wrap the body in a list.
-- ``GET /model_version`` is the read it should be (BentoML routes are POST only).
+- ``GET /model_version`` is the read it should be (BentoML routes are POST only), and
+  ``HEAD`` answers with the GET's status and headers and no body.
 - The OpenAPI document (``/docs.json``) says all of this: the 413 and 415 answers, that
   a route with input needs a body (BentoML answers 400 without one), and the GET reads.
 
@@ -32,7 +33,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPES = {"application/json"}
-READS = {"/model_version"}  # POST-only BentoML routes that also answer GET
+READS = {"/model_version"}  # POST-only BentoML routes that also answer GET and HEAD
 DOCUMENT = "/docs.json"
 _GONE = b"\0gone"  # _read_limited's answer when the client disconnects mid-body
 ERROR_SCHEMA = {"$ref": "#/components/schemas/InvalidArgument"}  # {"error", "detail"}
@@ -88,6 +89,18 @@ def normalise_error(body: bytes, status: int) -> bytes:
     return json.dumps({"error": error, "detail": detail}).encode()
 
 
+def _headers_only(send: Send) -> Send:
+    """``send`` for a HEAD: the status and headers (Content-Length too) as the GET would
+    send them, every body message emptied."""
+
+    async def head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """``receive`` that gives the body read already, then what the client sends next."""
     sent = False
@@ -135,7 +148,9 @@ class RequestGuard:
                 send = self._rewritten(send, self._document, statuses=range(200, 300))
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "GET" and scope["path"] in READS:
+        if scope["method"] in ("GET", "HEAD") and scope["path"] in READS:
+            if scope["method"] == "HEAD":
+                send = _headers_only(send)
             scope = {**scope, "method": "POST"}  # and checked like one: BentoML reads a body
         if scope["method"] == "POST":
             problem, declared = self._check_headers(scope)

@@ -39,6 +39,15 @@ def test_snapshot_days_are_a_grid_plus_the_serving_day() -> None:
     assert factors.snapshot_days(100, 149, 50) == [100, 150]  # serving day on the grid
 
 
+def test_the_grid_step_follows_the_lake_span_unless_set() -> None:
+    auto = Settings(als_every_days=0)
+    assert factors.grid_step(auto, 11_074, 12_111) == 180  # ML-1M: 2000-04-25 .. 2003-02-28
+    assert factors.grid_step(auto, 20_455, 20_634) == 30  # a 180-day feed
+    assert factors.grid_step(auto, 20_455, 20_484) == 7  # a month: the smallest step
+    assert factors.grid_step(auto, 0, 449) == 90 and factors.grid_step(auto, 0, 448) == 60
+    assert factors.grid_step(Settings(als_every_days=45), 0, 10_000) == 45  # set: kept
+
+
 def test_als_score_is_the_dot_product_and_null_for_cold_sides() -> None:
     frame = pd.DataFrame(0.0, index=[0, 1], columns=contracts.USER_FACTORS + contracts.ITEM_FACTORS)
     frame.loc[0, ["als_u00", "als_i00", "als_u01", "als_i01"]] = [2.0, 3.0, 1.0, -1.0]

@@ -108,6 +108,18 @@ def test_a_read_by_get_is_checked_like_a_post():
     assert app.calls == [("POST", b"")]
 
 
+def test_a_head_read_gets_the_get_headers_and_no_body():
+    reply = b'{"model_version": "ranker:abc"}'
+    app = App(200, reply)
+    got = _run(_guard(app), _scope("GET", "/model_version"), [b""])
+    head = _run(_guard(app), _scope("HEAD", "/model_version"), [b""])
+    assert got[:2] == (200, {}) and got[2] == reply
+    assert head == (200, {}, b"")
+    assert app.calls == [("POST", b""), ("POST", b"")]
+    multipart = [(b"content-type", b"multipart/form-data")]
+    assert _run(_guard(app), _scope("HEAD", "/model_version", multipart), [b""])[0] == 415
+
+
 def test_other_routes_pass_untouched():
     app = App(404, b"not json")
     status, _, body = _run(_guard(app), _scope(path="/elsewhere"), [b"x" * (LIMIT + 1)])

@@ -308,6 +308,13 @@ def test_model_version(client, world, method):
     assert body["metadata"]["feature_service"] == contracts.FEATURE_SERVICE
 
 
+def test_model_version_answers_head_like_get(client):
+    got, head = client.get("/model_version"), client.head("/model_version")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert int(head.headers["content-length"]) == len(got.content)
+
+
 def test_no_loadable_model_is_a_clear_503(world, monkeypatch):
     """A second ASGI app in one process trips BentoML's Prometheus registry, so call the
     service class directly: a returned starlette Response goes out as is."""
