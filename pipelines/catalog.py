@@ -201,6 +201,14 @@ class Ingest(Artifact):
     partitions: list[date]
 
 
+class FactorSnapshots(BaseModel):
+    """The ALS snapshot grid after a ``features`` run (``factors.update_factors``)."""
+
+    every_days: int | None = None  # the grid's step (None: written before it was recorded)
+    days: list[int] = []  # snapshot days kept
+    fitted: list[int] = []  # of them, fit by this run
+
+
 class FeatureTables(Artifact):
     """What ``features`` wrote: rows per table (snapshots from ``since``, or all)."""
 
@@ -209,7 +217,7 @@ class FeatureTables(Artifact):
     events_read: int
     through: date
     since: datetime | None
-    factors: dict[str, list[int]] = {}  # factor snapshot days: kept ("days") and "fitted"
+    factors: FactorSnapshots = FactorSnapshots()
 
 
 class FeaturesValidation(RootModel[dict[str, ValidationResult]]):

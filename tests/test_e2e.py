@@ -122,7 +122,8 @@ def test_the_collaborative_and_content_signals_are_point_in_time_and_ablated(wor
 
     built = catalog.FEATURES.load(world.settings, date=world.first_run)
     lake_last = max(catalog.LAKE.dates(world.settings))
-    assert built.factors["days"][-1] == day_number(lake_last) + 1  # the serving snapshot
+    assert built.factors.days[-1] == day_number(lake_last) + 1  # the serving snapshot
+    assert built.factors.every_days == 180  # ML-1M's span: the grid step of 0 (auto)
     train = pd.read_parquet(catalog.TRAINING_SET.path(world.settings, date=world.first_run))
     assert train["als_score"].notna().mean() > 0.5
     assert train["content_sim"].notna().mean() > 0.5
