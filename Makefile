@@ -32,7 +32,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-training-set bench-pipeline rollback synth feast clean
+.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-predict bench-training-set bench-pipeline rollback synth feast clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -120,6 +120,11 @@ synth: install
 # writes benchmarks/results/serve.json. BENCH_ARGS=--quick for a short run.
 bench-serve: install
 	$(RUN) python -m benchmarks.serve_bench $(BENCH_ARGS)
+
+# The model's CPU per /rank query: XGBoost's inplace_predict against the same trees compiled
+# by Treelite, on the holdout of a finished `make run` (benchmarks/results/predict.json).
+bench-predict: install
+	$(RUN) python -m benchmarks.predict_bench $(BENCH_ARGS)
 
 # The training set's point-in-time join, Feast's file store against the Spark as-of join,
 # on the data of a finished `make run`; writes benchmarks/results/training_set.json.
