@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     serving_path: str = "fast"  # "fast" (in-memory items + one SQLite read) or "feast" (SDK)
     serving_clock: str = "data"  # TTL "now": "wall", or "data" = end of the last materialization
     serving_predict_threads: int = 1
+    # URL patterns OpenTelemetry's middleware skips (BentoML's tracing.excluded_urls)
+    serving_trace_excluded_urls: tuple[str, ...] = ("/rank$", "/echo$")
     serving_log_sample_rate: float = 0.02  # share of /rank requests whose features are logged
     serving_log_max_mb: int = 20
     serving_log_backups: int = 5

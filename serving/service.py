@@ -235,8 +235,9 @@ OUTCOMES = bentoml.metrics.Counter(
     logging={"access": {"enabled": False}},
     traffic={"timeout": 30},
     # No traces are sampled unless configured (tracing.sample_rate), but OpenTelemetry's
-    # middleware still opened three spans per request: ~0.2 ms of CPU on /rank.
-    tracing={"excluded_urls": ["/rank$", "/echo$"]},
+    # middleware still opened three spans per request: ~0.2 ms of CPU on /rank. An operator
+    # who samples traces sets CR_SERVING_TRACE_EXCLUDED_URLS (a JSON list; [] traces all).
+    tracing={"excluded_urls": list(get_settings().serving_trace_excluded_urls)},
 )
 class Ranker:
     """Learning-to-rank scoring for the content feed."""

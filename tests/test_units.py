@@ -501,3 +501,26 @@ def test_code_version_is_a_sha_and_a_dirty_flag() -> None:
 
     version = code_version()
     assert len(version["sha"]) == 40 and isinstance(version["dirty"], bool)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [(None, ["/rank$", "/echo$"]), ('["/echo$"]', ["/echo$"]), ("[]", [])],
+)
+def test_the_traced_urls_are_a_setting(env, expected) -> None:
+    """The service's OpenTelemetry exclusions come from CR_SERVING_TRACE_EXCLUDED_URLS, read
+    when the service module is imported (as ``bentoml serve`` does)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    child = {k: v for k, v in os.environ.items() if k != "CR_SERVING_TRACE_EXCLUDED_URLS"}
+    if env is not None:
+        child["CR_SERVING_TRACE_EXCLUDED_URLS"] = env
+    code = "import json; from serving.service import Ranker; print(json.dumps(Ranker.config))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=child, capture_output=True, text=True, check=True
+    )
+    config = json.loads(out.stdout.strip().splitlines()[-1])
+    assert config["tracing"]["excluded_urls"] == expected
