@@ -7,10 +7,10 @@ on-demand ``als_score`` (user . item, ``contracts.als_score``): the factors of t
 live in different bases, but their dot products rank the same preferences, so a model
 trained on older snapshots can score with the newest one.
 
-Snapshots are fit on a grid of days (every ``als_every_days``, counted from the epoch, so
-that every run picks the same days; by default a step from the lake's span, :func:`grid_step`), from one step before the training window to the
-lake's last day, plus one at the day after the lake's last day: the snapshot serving
-reads. A snapshot is fit once and kept; a run refits one of its own days only when the
+Snapshots are fit on a grid of days (every ``als_every_days``, by default a step from the
+lake's span, :func:`grid_step`; counted from the epoch, so that every run picks the same
+days), from one step before the training window to the lake's last day, plus one at the
+day after the lake's last day: the snapshot serving reads. A snapshot is fit once and kept; a run refits one of its own days only when the
 events before it changed (a backfilled partition), which the manifest records as a count
 and an order-free hash, or when the ALS configuration changed (:func:`als_key`). The
 serving snapshots of earlier runs stay as they were: they are

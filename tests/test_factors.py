@@ -41,7 +41,7 @@ def test_snapshot_days_are_a_grid_plus_the_serving_day() -> None:
 
 def test_the_grid_step_follows_the_lake_span_unless_set() -> None:
     auto = Settings(als_every_days=0)
-    assert factors.grid_step(auto, 11_074, 12_111) == 180  # ML-1M: 2000-04-25 .. 2003-02-28
+    assert factors.grid_step(auto, 11_072, 12_111) == 180  # ML-1M: 2000-04-25 .. 2003-02-28
     assert factors.grid_step(auto, 20_455, 20_634) == 30  # a 180-day feed
     assert factors.grid_step(auto, 20_455, 20_484) == 7  # a month: the smallest step
     assert factors.grid_step(auto, 0, 449) == 90 and factors.grid_step(auto, 0, 448) == 60
