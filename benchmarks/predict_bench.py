@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tl2cgen
+import treelite
 
 from pipelines import catalog, contracts, evaluation
 from pipelines.config import get_settings
@@ -56,9 +58,6 @@ def _ndcg(holdout: pd.DataFrame, scores: np.ndarray, seed: int) -> float:
 
 def _treelite(booster, workdir: Path):
     """``booster`` compiled to a shared library, and its one-thread predict function."""
-    import tl2cgen
-    import treelite
-
     model = treelite.frontend.from_xgboost(booster)
     library = workdir / "model.so"
     tl2cgen.export_lib(
@@ -108,9 +107,6 @@ def run(day: date | None, passes: int, out: Path) -> dict:
     base = results["xgboost"]["cpu_us_per_call"]
     for value in results.values():
         value["cpu_vs_xgboost"] = round(value["cpu_us_per_call"] / base, 3)
-    import tl2cgen
-    import treelite
-
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make bench-predict",

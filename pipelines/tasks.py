@@ -120,7 +120,8 @@ def build_features(logical_date: date) -> dict:
 
     settings = get_settings()
     spark = get_spark(settings)
-    through = max([logical_date, *lake_days(settings)])
+    in_lake = lake_days(settings)
+    through = max([logical_date, *in_lake])
     previous = features.previous_state(spark, settings, logical_date)
     since = features.first_snapshot_day(previous)
     # Read once: the id maps and both tables read it again, and on a lake of a thousand
@@ -163,7 +164,7 @@ def build_features(logical_date: date) -> dict:
         bounds["train_start"],
         last,
         factors.item_text(meta, items),
-        every=factors.grid_step(settings, features.day_number(lake_days(settings)[0]), last),
+        every=factors.grid_step(settings, features.day_number(in_lake[0]), last),
     )
     history.unpersist()
 
