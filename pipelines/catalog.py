@@ -573,6 +573,11 @@ FEATURES_VALIDATION = Entry(
 MATERIALIZE = Entry(
     f"{RUN}/materialize.json", Format.JSON, "what went to the online store", model=Materialize
 )
+ENTITY_ROWS = Entry(
+    f"{RUN}/entity_rows.parquet",
+    Format.PARQUET_DIR,
+    "the training and holdout queries' candidates (``split``), before their features",
+)
 TRAINING_SET = Entry(
     f"{RUN}/training_set.parquet",
     Format.PARQUET_DIR,

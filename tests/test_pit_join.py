@@ -128,3 +128,24 @@ def test_matches_a_brute_force_point_in_time_lookup(world):
     boundary = ours[entity["on_snapshot"]]
     assert len(boundary) > 20 and boundary["user_cnt_all"].notna().all()  # seen at t itself
     assert np.isnan(expected).any() and not np.isnan(expected).all()
+
+
+def test_the_entity_rows_enter_the_plan_once_per_view(world, spark, tmp_path):
+    """Each view's as-of rows come from the entity rows, not from the previous view's join:
+    chained, the plan held the entity rows 2 ** views times (16 for the service's 4 views),
+    and Spark analysed that tree again at every step and action."""
+    from pipelines import feature_store
+
+    settings, _, entity = world
+    spark.createDataFrame(entity).write.parquet(str(tmp_path / "entities"))
+    entities = spark.read.parquet(str(tmp_path / "entities"))  # as build_training_set reads them
+    views, _ = feature_store.service_views(
+        feature_store.open_store(settings), contracts.FEATURE_SERVICE
+    )
+    joined = feature_store.historical_features(spark, settings, entities)
+    plan = joined._jdf.queryExecution().analyzed()
+    leaves = [plan.collectLeaves().apply(i) for i in range(plan.collectLeaves().size())]
+    # the entity rows' relation is the one with their own column
+    from_entities = [leaf for leaf in leaves if "on_snapshot" in leaf.toString()]
+    assert len(views) == 4
+    assert len(from_entities) == 1 + len(views)  # joined onto, and the keys of each view
