@@ -126,7 +126,8 @@ def build_features(logical_date: date) -> dict:
     since = features.first_snapshot_day(previous)
     # Read once: the id maps and both tables read it again, and on a lake of a thousand
     # daily files opening them cost more than the work (5-10 s per read on 2 cores).
-    lake = lake_frame(spark, settings, until=through, since=features.events_since(previous))
+    since_events = features.events_since(previous)
+    lake = lake_frame(spark, settings, until=through, since=since_events)
     lake = lake.persist(StorageLevel.MEMORY_AND_DISK)
     users = ids.update_mapping(catalog.USER_IDS.path(settings), ids.distinct_ids(lake, "user_id"))
     items = ids.update_mapping(catalog.ITEM_IDS.path(settings), ids.distinct_ids(lake, "item_id"))
@@ -152,10 +153,11 @@ def build_features(logical_date: date) -> dict:
         "through": through.isoformat(),
         "since": since.isoformat() if since else None,
     }
-    lake.unpersist()
-    # The factors are fit on all events before each snapshot, not only the recent days.
+    # The factors are fit on all events before each snapshot, not only the recent days:
+    # without a previous state, that is the lake just read, which is not read again.
     bounds = day_bounds(logical_date, settings.holdout_days, settings.train_days)
-    history = lake_events(spark, settings, through).persist(StorageLevel.MEMORY_AND_DISK)
+    history = events if since_events is None else lake_events(spark, settings, through)
+    history = history.persist(StorageLevel.MEMORY_AND_DISK)
     last = features.day_number(through)
     out["factors"] = factors.update_factors(
         spark,
@@ -167,6 +169,7 @@ def build_features(logical_date: date) -> dict:
         every=factors.grid_step(settings, features.day_number(in_lake[0]), last),
     )
     history.unpersist()
+    lake.unpersist()
 
     results = {}
     for kind in ("user", "item"):
