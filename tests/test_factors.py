@@ -80,6 +80,24 @@ def test_a_snapshot_sees_only_events_before_its_day(spark, tmp_path) -> None:
     assert set(after[after[factors.PARTITION] == 20]["user_id"]) == seen_by_20
 
 
+def test_snapshots_fit_two_at_a_time_equal_each_fit_alone(spark, tmp_path) -> None:
+    """update_factors fits two snapshots at once from two driver threads; every one it
+    writes equals fit_snapshot of that day run alone in this thread."""
+    settings = Settings(data_dir=tmp_path, als_every_days=15, als_iterations=5)
+    events = _events(spark, _world(4, range(0, 60)))
+    out = factors.update_factors(spark, events, settings, first_query_day=15, last_day=59)
+    assert out["fitted"] == [15, 30, 45, 60]
+    users = _read(settings, "user")
+    for day in out["fitted"]:
+        alone = factors.fit_snapshot(events, day, settings)[0].toPandas()
+        written = users[users[factors.PARTITION] == day].drop(columns=factors.PARTITION)
+        pd.testing.assert_frame_equal(
+            written.sort_values("user_id").reset_index(drop=True)[alone.columns],
+            alone.sort_values("user_id").reset_index(drop=True),
+            check_dtype=False,
+        )
+
+
 def test_snapshots_are_reused_refit_on_a_backfill_and_served_ones_kept(spark, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=5)
     rows = _world(3, range(0, 50))
