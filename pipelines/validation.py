@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from pipelines import catalog
@@ -116,8 +117,12 @@ def _with_event_date(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     if "timestamp" in out.columns:
         seconds = pd.to_numeric(out["timestamp"], errors="coerce")
-        days = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce").dt.strftime("%Y-%m-%d")
-        out[EVENT_DATE_COLUMN] = days.astype(object).where(days.notna(), None)
+        stamps = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+        # Each distinct day formatted once (strftime per row: 1.5 s per 1M rows); a null
+        # timestamp's code is -1, which picks the trailing None.
+        codes, days = pd.factorize(stamps.dt.floor("D"))
+        labels = np.append(days.strftime("%Y-%m-%d").to_numpy(dtype=object), None)
+        out[EVENT_DATE_COLUMN] = labels[codes]
     return out
 
 
@@ -454,6 +459,26 @@ def _docs_index(context: Any, gx_dir: Path) -> str:
     )
 
 
+def with_vectorized_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with narrow numbers widened to int64/float64 and naive timestamps in ns.
+
+    GE's pandas ``column_values_between`` compares a column in one vectorized step only
+    for those dtypes: any other (float32 features, Spark's microsecond timestamps) takes
+    one Python call per value. The values are the same, exactly; the README has the cost.
+    """
+    casts = {}
+    for name, dtype in frame.dtypes.items():
+        if not isinstance(dtype, np.dtype) or dtype.itemsize == 8 and dtype.kind in "iuf":
+            continue
+        if dtype.kind == "f" or dtype.kind in "iu" and dtype.itemsize < 8:
+            casts[name] = "float64" if dtype.kind == "f" else "int64"
+        elif dtype.kind == "M" and dtype != np.dtype("datetime64[ns]"):
+            casts[name] = "datetime64[ns]"
+    # One block per dtype again (astype leaves a block per column), or GE's frame copies
+    # re-merge the blocks at every metric.
+    return frame.astype(casts).copy() if casts else frame
+
+
 def _run_suite(
     context: Any, checkpoint: Any, frame: pd.DataFrame, run_name: str, parameters: dict
 ) -> tuple[str, dict, str | None]:
@@ -461,7 +486,7 @@ def _run_suite(
     import great_expectations as gx
 
     checkpoint_result = checkpoint.run(
-        batch_parameters={"dataframe": frame},
+        batch_parameters={"dataframe": with_vectorized_dtypes(frame)},
         expectation_parameters=parameters,
         run_id=gx.RunIdentifier(run_name=run_name, run_time=datetime.now(UTC)),
     )

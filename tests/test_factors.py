@@ -162,6 +162,26 @@ def test_content_sim_is_the_cosine_and_null_without_a_vector() -> None:
     assert np.isnan(out.iloc[2])
 
 
+def test_the_content_axes_are_mllibs_pca_axes(spark) -> None:
+    """The axes come from numpy's eigensolver on MLlib's covariance, not from MLlib's PCA
+    (a full SVD in Java): the same axes, up to their arbitrary signs, and the same mean."""
+    from pyspark.ml.feature import PCA
+    from pyspark.ml.linalg import Vectors
+    from pyspark.mllib.util import MLUtils
+
+    rng = np.random.default_rng(7)
+    x = rng.random((60, 12)) * (rng.random((60, 12)) < 0.4)  # sparse, like TF-IDF rows
+    x[:, 0] += 3 * x[:, 1]
+    frame = spark.createDataFrame([(Vectors.dense(row),) for row in x], ["v"])
+    pca = PCA(k=4, inputCol="v").fit(frame).pc.toArray()
+
+    axes, mean = factors._principal_axes(MLUtils.convertVectorColumnsFromML(frame, "v"), 4)
+
+    assert axes.shape == (12, 4)
+    np.testing.assert_allclose(np.abs((pca * axes).sum(axis=0)), 1.0, atol=1e-9)
+    np.testing.assert_allclose(mean, x.mean(axis=0))
+
+
 def test_content_vectors_come_from_titles_and_topics_and_users_follow_what_they_engaged(
     spark, tmp_path
 ) -> None:

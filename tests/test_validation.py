@@ -19,6 +19,7 @@ from pipelines.validation import (
     validate_features,
     validate_interactions,
     validate_training_set,
+    with_vectorized_dtypes,
 )
 
 pytestmark = pytest.mark.integration
@@ -117,6 +118,44 @@ def test_corrupted_partition_fails(
     assert result["suites"]["raw_interactions"]["success"] is False
     assert expected in _failed_types(result)
     json.dumps(result)
+
+
+def test_event_dates_are_utc_days_and_null_where_the_timestamp_is_not_one(
+    settings: Settings,
+) -> None:
+    """Each distinct day is formatted once; a null or unparseable timestamp gives a null
+    day, which breaks the pair check (it is not the partition's day)."""
+    df = good_partition(6).astype({"timestamp": object})
+    df.loc[1, "timestamp"] = DAY_START + 86_399  # the day's last second
+    df.loc[2, "timestamp"] = None
+    df.loc[3, "timestamp"] = "noon"
+    df.loc[4, "timestamp"] = DAY_START - 1  # the day before
+
+    result = _validate(df, settings)
+
+    failed = result["suites"]["raw_interactions"]["failed_expectations"]
+    pair = next(f for f in failed if f["expectation"] == "expect_column_pair_values_to_be_equal")
+    assert pair["unexpected_count"] == 3  # None, "noon" and the day before
+
+
+def test_narrow_dtypes_are_widened_for_ge_with_the_same_values() -> None:
+    frame = pd.DataFrame(
+        {
+            "f": pd.Series([0.1, None], dtype="float32"),
+            "i": pd.Series([1, 2], dtype="int32"),
+            "t": pd.Series(pd.to_datetime([0, 86_400], unit="s")).astype("datetime64[us]"),
+            "tz": pd.to_datetime([0, 1], unit="s", utc=True),
+            "s": ["a", None],
+        }
+    )
+    out = with_vectorized_dtypes(frame)
+    assert out.dtypes.astype(str).tolist() == [
+        "float64", "int64", "datetime64[ns]", "datetime64[ns, UTC]", "object"
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(out, frame, check_dtype=False)
+    assert out["f"].iloc[0] == frame["f"].iloc[0]  # exactly: float32 widens losslessly
+    wide = out[["i", "s"]]
+    assert with_vectorized_dtypes(wide) is wide  # nothing to cast, nothing copied
 
 
 def test_other_day_also_breaks_timestamp_window(settings: Settings) -> None:
