@@ -234,6 +234,15 @@ def user_content(before: DataFrame, item_vectors: DataFrame, day: int, half_life
     )
 
 
+def _checkpoint_dir(spark: SparkSession, settings: Settings) -> None:
+    """ALS checkpoints its factors every 10 iterations, but only with a checkpoint
+    directory; without one, 20 iterations overflowed the JVM's stack on ML-1M (the RDD
+    lineage grows with every iteration). Under the shared data root, so a cluster's
+    executors reach it too."""
+    if not spark.sparkContext.getCheckpointDir():
+        spark.sparkContext.setCheckpointDir(str(settings.data_dir / "spark-checkpoints"))
+
+
 def fit_snapshot(
     events: DataFrame, day: int, settings: Settings, item_vectors: DataFrame | None = None
 ) -> tuple[DataFrame, DataFrame] | None:
@@ -268,8 +277,7 @@ def fit_snapshot(
         numUserBlocks=spark.sparkContext.defaultParallelism,
         numItemBlocks=spark.sparkContext.defaultParallelism,
     )
-    if not spark.sparkContext.getCheckpointDir():  # as update_factors sets it
-        spark.sparkContext.setCheckpointDir(str(settings.data_dir / "spark-checkpoints"))
+    _checkpoint_dir(spark, settings)
     model = als.fit(
         pairs.select(F.col("user_id").cast("int"), F.col("item_id").cast("int"), "rating")
     )
@@ -371,12 +379,7 @@ def update_factors(
         )
     ]
     item_vectors = content_vectors(spark, text) if to_fit and text is not None else None
-    if not spark.sparkContext.getCheckpointDir():
-        # ALS checkpoints its factors every 10 iterations, but only with a checkpoint
-        # directory; without one, 20 iterations overflowed the JVM's stack on ML-1M (the
-        # RDD lineage grows with every iteration). Under the shared data root, so a
-        # cluster's executors reach it too.
-        spark.sparkContext.setCheckpointDir(str(settings.data_dir / "spark-checkpoints"))
+    _checkpoint_dir(spark, settings)  # once, before the threads: each set makes a new dir
     # Two fits at a time, from two driver threads: an ALS fit on a few cores is mostly
     # short stages and the driver's scheduling between them, which a second fit fills
     # (on ML-1M's six fits, 52 s -> 43 s; the README has the measure). Written one at a

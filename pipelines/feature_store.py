@@ -194,19 +194,6 @@ def service_views(store: FeatureStore, service_name: str) -> tuple[list[ViewSpec
     return views, on_demand
 
 
-def as_of_join(
-    entities: DataFrame,
-    snapshots: DataFrame,
-    key: str,
-    features: Sequence[str],
-    ttl_seconds: int | None,
-) -> DataFrame:
-    """Each entity row plus the newest snapshot of its ``key`` at or before its
-    ``event_timestamp`` and no older than the TTL; nulls where there is none."""
-    found = as_of_rows(entities, snapshots, key, features, ttl_seconds)
-    return entities.join(found, [key, "event_timestamp"], "left")
-
-
 def as_of_rows(
     entities: DataFrame,
     snapshots: DataFrame,
@@ -216,7 +203,7 @@ def as_of_rows(
 ) -> DataFrame:
     """Per distinct (``key``, ``event_timestamp``) of ``entities``, the features of the
     newest snapshot of the key at or before that time and no older than the TTL (nulls
-    where there is none): what :func:`as_of_join` joins back onto the entity rows.
+    where there is none), to join back onto the entity rows.
 
     ``snapshots`` has ``key``, ``_fts`` (the snapshot time) and ``features``. A sort-merge
     by key and time: the distinct (key, time) pairs of the entity rows and the snapshots
