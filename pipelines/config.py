@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # Raw partitions are validated in batches of whole days up to this many rows, so the
     # driver's memory does not grow with a run's events (~0.5 GB per million rows in pandas).
     validation_batch_rows: int = 1_000_000
+    # Stored GE results kept per suite (0 = all). GE rebuilds the Data Docs index from every
+    # stored result at each validation, so without a bound a daily DAG's checks grow slower
+    # every day (about 5 ms per stored result, 5 results a run).
+    validation_results_kept: int = 100
 
     # --- features ----------------------------------------------------------
     windows_days: tuple[int, ...] = (7, 30)

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, float | int] = {
     "min_positive_share": 0.01,  # share of training rows with label > 0
     "max_positive_share": 0.9,
     "validation_sample_rows": 200_000,  # feature tables / training sets above this are sampled
+    "validation_results_kept": 100,  # stored GE results per suite (0 = all)
 }
 
 log = logging.getLogger(__name__)
@@ -479,12 +480,40 @@ def with_vectorized_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(casts).copy() if casts else frame
 
 
+def _prune_results(context: Any, suite_name: str, keep: int) -> int:
+    """Delete all but the newest ``keep - 1`` stored results of ``suite_name`` and their
+    Data Docs pages, so that with the run about to start the suite has ``keep`` (``keep``
+    <= 0: delete nothing). Returns how many were deleted. A run's own artifacts
+    (``validation.json``, ``summary.json``) keep its result whatever is pruned here."""
+    if keep <= 0:
+        return 0
+    store = context.validation_results_store
+    keys = [k for k in store.list_keys() if k.expectation_suite_identifier.name == suite_name]
+    old = sorted(keys, key=lambda k: k.run_id.run_time)[: max(len(keys) - (keep - 1), 0)]
+    for key in old:
+        page = _local_path(context.get_docs_sites_urls(resource_identifier=key))
+        store.remove_key(key)
+        if page:
+            Path(page).unlink(missing_ok=True)
+    return len(old)
+
+
 def _run_suite(
-    context: Any, checkpoint: Any, frame: pd.DataFrame, run_name: str, parameters: dict
+    context: Any,
+    checkpoint: Any,
+    frame: pd.DataFrame,
+    run_name: str,
+    parameters: dict,
+    settings: Settings,
 ) -> tuple[str, dict, str | None]:
-    """Run ``checkpoint`` on ``frame``: suite name, suite summary, its Data Docs page."""
+    """Run ``checkpoint`` on ``frame``: suite name, suite summary, its Data Docs page. The
+    suite's oldest stored results go first (``validation_results_kept``)."""
     import great_expectations as gx
 
+    for definition in checkpoint.validation_definitions:
+        _prune_results(
+            context, definition.suite.name, int(_setting(settings, "validation_results_kept"))
+        )
     checkpoint_result = checkpoint.run(
         batch_parameters={"dataframe": with_vectorized_dtypes(frame)},
         expectation_parameters=parameters,
@@ -572,7 +601,9 @@ def validate_interactions(
     }
     if volume is not None:
         parameters["volume_min"], parameters["volume_max"] = volume
-    suite_name, summary, page = _run_suite(context, checkpoint, frame, run_name, parameters)
+    suite_name, summary, page = _run_suite(
+        context, checkpoint, frame, run_name, parameters, settings
+    )
     return _result(
         context,
         settings,
@@ -646,7 +677,7 @@ def _validate_frame(
     context = _context(settings)
     suite = build()
     checkpoint = _suite_checkpoint(context, suite, FRAMES_DATASOURCE_NAME, f"{suite.name}_frame")
-    suite_name, summary, page = _run_suite(context, checkpoint, sample, run_name, {})
+    suite_name, summary, page = _run_suite(context, checkpoint, sample, run_name, {}, settings)
     return _result(
         context,
         settings,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import catalog
+from pipelines import catalog, validation
 from pipelines.config import Settings
 from pipelines.contracts import ITEM_FEATURES, MODEL_FEATURES, USER_FEATURES
 from pipelines.validation import (
@@ -431,6 +431,30 @@ def test_item_feature_table_fails_on_duplicate_keys_and_ratings(settings: Settin
         ("expect_column_values_to_be_between", "item_mean_rating"),
         ("expect_compound_columns_to_be_unique", "item_id,event_timestamp"),
     }
+
+
+def test_a_suite_keeps_only_its_newest_stored_results(tmp_path: Path) -> None:
+    """GE rebuilds the Data Docs index from every stored result at each validation, so the
+    oldest results of a suite and their pages go; another suite's are untouched."""
+    settings = Settings(data_dir=tmp_path, validation_results_kept=2)
+    users = good_features("user")
+    pages = [
+        validate_features(users, kind="user", settings=settings, run_name=f"day-{i}")[
+            "data_docs_page"
+        ]
+        for i in range(4)
+    ]
+    items = validate_features(
+        good_features("item"), kind="item", settings=settings, run_name="catalogue-check"
+    )
+
+    assert [Path(p).is_file() for p in pages] == [False, False, True, True]
+    index = Path(items["data_docs"]).read_text()
+    assert [f"day-{i}" in index for i in range(4)] == [False, False, True, True]
+    assert Path(items["data_docs_page"]).is_file() and "catalogue-check" in index
+    context = validation._context(settings)
+    stored = [k.run_id.run_name for k in context.validation_results_store.list_keys()]
+    assert sorted(stored) == ["catalogue-check", "day-2", "day-3"]
 
 
 def test_empty_or_sampled_feature_table(tmp_path: Path) -> None:
