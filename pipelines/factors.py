@@ -173,6 +173,7 @@ def content_vectors(spark: SparkSession, text: pd.DataFrame) -> DataFrame | None
     from pyspark.mllib.linalg.distributed import IndexedRowMatrix
     from pyspark.mllib.util import MLUtils
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     docs = spark.createDataFrame(text[["item_id", "text"]])
     words = RegexTokenizer(
@@ -196,18 +197,19 @@ def content_vectors(spark: SparkSession, text: pd.DataFrame) -> DataFrame | None
     basis = np.zeros((axes.shape[0], contracts.CONTENT_DIM))
     basis[:, :k] = axes
     shift = np.asarray(mean) @ basis
-    projected = IndexedRowMatrix(unit.where(F.col("index") >= 0)).multiply(
-        DenseMatrix(*basis.shape, basis.ravel(order="F").tolist())
+    # the width given: with no item named yet the rows are empty and cannot tell it
+    named = IndexedRowMatrix(unit.where(F.col("index") >= 0), numCols=basis.shape[0])
+    projected = named.multiply(DenseMatrix(*basis.shape, basis.ravel(order="F").tolist()))
+    schema = T.StructType(
+        [T.StructField("item_id", T.LongType(), False)]
+        + [T.StructField(c, T.FloatType(), False) for c in contracts.ITEM_CONTENT]
     )
     out = spark.createDataFrame(
         projected.rows.map(
             lambda row: (row.index, *(float(v) for v in row.vector.toArray() - shift))
         ),
-        ["item_id", *contracts.ITEM_CONTENT],
-    ).select(
-        F.col("item_id").cast("long"), *[F.col(c).cast("float") for c in contracts.ITEM_CONTENT]
-    )
-    out = out.localCheckpoint()
+        schema,  # given, not inferred: no extra job, and no catalogue item named yet is fine
+    ).localCheckpoint()
     unit.unpersist()
     return out  # small; fit once, read by every snapshot of the run
 

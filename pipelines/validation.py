@@ -464,8 +464,8 @@ def with_vectorized_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with narrow numbers widened to int64/float64 and naive timestamps in ns.
 
     GE's pandas ``column_values_between`` compares a column in one vectorized step only
-    for those dtypes: any other (float32 features, Spark's microsecond timestamps) takes
-    one Python call per value. The values are the same, exactly; the README has the cost.
+    for those dtypes: any other (float32 features, timestamps in another unit) takes one
+    Python call per value. The values are the same, exactly; the README has the cost.
     """
     casts = {}
     for name, dtype in frame.dtypes.items():
