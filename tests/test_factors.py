@@ -182,7 +182,7 @@ def test_the_content_axes_are_mllibs_pca_axes(spark) -> None:
     np.testing.assert_allclose(mean, x.mean(axis=0))
 
 
-def test_content_vectors_of_a_catalogue_no_event_named_yet_are_none(spark) -> None:
+def test_content_vectors_of_a_catalogue_no_event_named_yet_are_empty(spark) -> None:
     """Items the id map does not know (-1) shape the corpus but get no row: an empty frame
     of the vectors' schema, not an error."""
     text = pd.DataFrame({"item_id": [-1] * 4, "text": ["skate tricks", "skate park"] * 2})
