@@ -36,8 +36,14 @@ if (
 # clusters it launches (they inherit the environment): the suite is CPU-bound on 2 cores, and
 # its Spark jobs are small and many, so JVM start-up and JIT dominate (the saving is measured
 # in the README's "make test" paragraph). These flags change no result, only how the JVM
-# compiles and collects.
-os.environ.setdefault("CR_SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# compiles and collects. C1 alone reserves a 48 MB code cache, not the 240 MB of tiered
+# compilation: a whole DAG in one ``airflow dags test`` process filled it, and the JVM then
+# failed with "Out of space in CodeCache for method handle intrinsic" (a RecursionError in
+# py4j on the Python side). Keep the default size.
+os.environ.setdefault(
+    "CR_SPARK_JAVA_OPTIONS",
+    "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=240m",
+)
 
 # ``Settings.export_env`` points these at the settings' data dir; the fixture's
 # throwaway directory must not leak into other tests' environment.
