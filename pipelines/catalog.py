@@ -255,12 +255,25 @@ class TrainingSetFacts(Artifact):
     factor_snapshots: dict[str, str] | None = None
 
 
+class RefitFit(Artifact):
+    """What a refit was fit on: every query through the logical date."""
+
+    rows: int
+    queries: int
+    first_day: date
+    last_day: date
+    trees: int
+
+
 class Training(Artifact):
     params: dict[str, Any]
     partitions: int
     shuffled_labels: bool
     trees: int
     ablated: dict[str, list[str]] = {}  # signal -> the inputs its ablation model trained without
+    # the refit, fit by train beside the candidate when the slots had room for it, before
+    # the gate decided (``REFIT_AHEAD``); refit keeps it only if the gate passes
+    refit_ahead: RefitFit | None = None
 
 
 class Ablation(BaseModel):
@@ -627,6 +640,11 @@ ABLATION_MODEL = Entry(
 )
 REFIT_CANDIDATE = Entry(
     f"{RUN}/refit.ubj", Format.XGBOOST, "the candidate refit through the logical date"
+)
+REFIT_AHEAD = Entry(
+    f"{RUN}/refit_ahead.ubj",
+    Format.XGBOOST,
+    "the candidate's refit, fit by train ahead of the gate; refit keeps or deletes it",
 )
 REFIT = Entry(
     f"{RUN}/refit.json", Format.JSON, "whether and on what the candidate was refit", model=Refit

@@ -93,8 +93,11 @@ class Settings(BaseSettings):
     max_train_queries: int = 30_000
     max_holdout_queries: int = 20_000  # whole queries, sampled: evaluation runs on the driver
     max_positives_per_query: int = 50
-    num_workers: int = 2  # XGBoost workers (Spark tasks) in one fit
-    train_partitions: int = 2  # query-grouped partitions; XGBoost regroups to num_workers
+    # XGBoost workers (Spark tasks) in one fit. One locally: train's fits (candidate,
+    # ablations, refit) then run side by side, one per core (training.train_rankers); the
+    # cluster profile sets two, so that one fit spans executors.
+    num_workers: int = 1
+    train_partitions: int = 1  # query-grouped partitions; XGBoost regroups to num_workers
     n_estimators: int = 200
     # train also fits one model per contracts.SIGNALS without that signal, for the report
     ablation: bool = True

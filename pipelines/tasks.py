@@ -289,7 +289,11 @@ def build_training_set(logical_date: date) -> dict:
 
 @stage("train")
 def train(logical_date: date, shuffle_labels: bool = False) -> dict:
-    """Fit the candidate on Spark; ``shuffle_labels`` trains a deliberately useless one (tests)."""
+    """Fit the candidate on Spark; ``shuffle_labels`` trains a deliberately useless one (tests).
+
+    Its ablations and, when the task slots hold more than one fit at a time, its refit
+    (:func:`refit`) are fit beside it: the refit then costs no time of its own when the
+    gate passes, and a slot's time when it does not."""
     from pipelines import training
     from pipelines.spark import get_spark
 
@@ -299,23 +303,69 @@ def train(logical_date: date, shuffle_labels: bool = False) -> dict:
     if shuffle_labels:
         train_set = training.shuffle_labels(train_set, settings.seed)
     params = training.ranker_params(settings)
-    booster = training.train_ranker(train_set, params, settings.train_partitions)
+    at_once = training.fits_at_once(spark, params)
+    ablated = contracts.SIGNALS if settings.ablation and not shuffle_labels else {}
+    fits = {"candidate": (train_set, [])}
+    fits |= {f"without {signal}": (train_set, inputs) for signal, inputs in ablated.items()}
+    refit_rows = None
+    if at_once > 1 and not shuffle_labels:
+        refit_rows = _refit_rows(spark, settings, logical_date)
+        fits["refit"] = (refit_rows, [])
+    boosters = training.train_rankers(fits, params, settings.train_partitions, at_once)
+    booster = boosters["candidate"]
     candidate = catalog.CANDIDATE.path(settings, date=logical_date)
     catalog.atomic_write(candidate, bytes(booster.save_raw(raw_format="ubj")))
-    ablated = contracts.SIGNALS if settings.ablation and not shuffle_labels else {}
-    for signal, inputs in ablated.items():
-        ablation = training.train_ranker(train_set, params, settings.train_partitions, inputs)
+    for signal in ablated:
         path = catalog.ABLATION_MODEL.path(settings, date=logical_date, signal=signal)
-        catalog.atomic_write(path, bytes(ablation.save_raw(raw_format="ubj")))
+        catalog.atomic_write(path, bytes(boosters[f"without {signal}"].save_raw(raw_format="ubj")))
+    ahead = catalog.REFIT_AHEAD.path(settings, date=logical_date)
+    refit_ahead = None
+    if refit_rows is not None:
+        catalog.atomic_write(ahead, bytes(boosters["refit"].save_raw(raw_format="ubj")))
+        refit_ahead = _refit_facts(refit_rows, boosters["refit"])
+    else:
+        ahead.unlink(missing_ok=True)  # a re-run's: never taken for this run's
     out = {
         "params": params,
         "partitions": settings.train_partitions,
         "shuffled_labels": shuffle_labels,
         "trees": booster.num_boosted_rounds(),
         "ablated": ablated,
+        "refit_ahead": refit_ahead,
     }
     catalog.TRAINING.save(settings, out, date=logical_date)
     return out
+
+
+def _refit_rows(spark, settings, logical_date: date):
+    """Every query through the logical date, under the training protocol (the refit's rows)."""
+    from pipelines import training_set as ts
+
+    return ts.refit_rows(
+        spark.read.parquet(str(catalog.TRAINING_SET.path(settings, date=logical_date))),
+        spark.read.parquet(str(catalog.HOLDOUT.path(settings, date=logical_date))),
+        settings.negatives_per_query,
+        settings.max_positives_per_query,
+        settings.max_train_queries,
+        settings.seed,
+    )
+
+
+def _refit_facts(rows, booster) -> dict:
+    from pyspark.sql import functions as F
+
+    from pipelines import training_set as ts
+
+    n, queries, first, last = rows.agg(
+        F.count("*"), F.countDistinct("query_id"), F.min("day"), F.max("day")
+    ).first()
+    return {
+        "rows": n,
+        "queries": queries,
+        "first_day": ts.day_to_date(first),
+        "last_day": ts.day_to_date(last),
+        "trees": booster.num_boosted_rounds(),
+    }
 
 
 def _load_candidate(
@@ -515,44 +565,35 @@ def refit(logical_date: date) -> dict:
     settings = get_settings()
     decision = catalog.GATE.load(settings, date=logical_date)
     candidate = _candidate_sha256(settings, logical_date)
+    ahead = catalog.REFIT_AHEAD.path(settings, date=logical_date)
+    fitted = catalog.TRAINING.load(settings, date=logical_date).refit_ahead
     if not decision.passed:
+        ahead.unlink(missing_ok=True)  # never served: the gate did not pass
         out = {
             "refit": False,
             "reason": "the gate did not pass: the candidate is not refit",
             "candidate_sha256": candidate,
         }
     else:
-        from pyspark.sql import functions as F
-
-        from pipelines import training
-        from pipelines import training_set as ts
-        from pipelines.spark import get_spark
-
-        spark = get_spark(settings)
-        rows = ts.refit_rows(
-            spark.read.parquet(str(catalog.TRAINING_SET.path(settings, date=logical_date))),
-            spark.read.parquet(str(catalog.HOLDOUT.path(settings, date=logical_date))),
-            settings.negatives_per_query,
-            settings.max_positives_per_query,
-            settings.max_train_queries,
-            settings.seed,
-        )
-        params = catalog.TRAINING.load(settings, date=logical_date).params
-        booster = training.train_ranker(rows, params, settings.train_partitions)
         path = catalog.REFIT_CANDIDATE.path(settings, date=logical_date)
-        catalog.atomic_write(path, bytes(booster.save_raw(raw_format="ubj")))
-        n, queries, first, last = rows.agg(
-            F.count("*"), F.countDistinct("query_id"), F.min("day"), F.max("day")
-        ).first()
+        if fitted is not None and ahead.exists():
+            ahead.replace(path)  # fit by train, beside the candidate
+            facts = fitted.model_dump()
+        else:
+            from pipelines import training
+            from pipelines.spark import get_spark
+
+            spark = get_spark(settings)
+            rows = _refit_rows(spark, settings, logical_date)
+            params = catalog.TRAINING.load(settings, date=logical_date).params
+            booster = training.train_ranker(rows, params, settings.train_partitions)
+            catalog.atomic_write(path, bytes(booster.save_raw(raw_format="ubj")))
+            facts = _refit_facts(rows, booster)
         out = {
             "refit": True,
             "reason": "the gate passed: refit through the logical date",
             "candidate_sha256": candidate,
-            "rows": n,
-            "queries": queries,
-            "first_day": ts.day_to_date(first),
-            "last_day": ts.day_to_date(last),
-            "trees": booster.num_boosted_rounds(),
+            **facts,
         }
     catalog.REFIT.save(settings, out, date=logical_date)
     return out

@@ -19,7 +19,14 @@ from pipelines.training import ranker_params, train_ranker
 
 
 def main(master: str) -> None:
-    settings = Settings(spark_master=master, spark_executor_memory="1g", n_estimators=20)
+    # one fit across both workers, as the cluster profile's settings.env has it
+    settings = Settings(
+        spark_master=master,
+        spark_executor_memory="1g",
+        n_estimators=20,
+        num_workers=2,
+        train_partitions=2,
+    )
     spark = get_spark(settings)
     rng = np.random.default_rng(0)
     rows, queries = 6_000, 300

@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import worlds
@@ -111,6 +112,35 @@ def test_the_served_model_is_refit_through_the_logical_date(world):
     assert served["trained_through"] == world.first_run.isoformat()
     assert evaluated["trained_through"] == day_to_date(facts.bounds["train_end"]).isoformat()
     assert served["gate"] == evaluated["gate"] and served["gate"]["passed"] is True
+    # train fit it beside the candidate (local[2] holds two one-worker fits); refit kept it
+    ahead = catalog.TRAINING.load(s, date=world.first_run).refit_ahead
+    assert ahead is not None
+    assert refit.model_dump(include=set(catalog.RefitFit.model_fields)) == ahead.model_dump()
+    assert not catalog.REFIT_AHEAD.path(s, date=world.first_run).exists()
+
+
+def test_a_refit_with_nothing_fit_ahead_fits_the_same_model(world, monkeypatch):
+    """Re-run alone, ``refit`` finds no model fit ahead (it kept the first run's) and fits
+    one itself: on the same rows, the same model as the one train fit beside the candidate."""
+    import xgboost
+
+    from pipelines import config, tasks
+
+    worlds.use_env(monkeypatch, world.env)
+    s = world.settings
+    path = catalog.REFIT_CANDIDATE.path(s, date=world.first_run)
+    before = catalog.REFIT.load(s, date=world.first_run)
+    served = xgboost.Booster(model_file=str(path))
+    try:
+        again = tasks.refit(world.first_run)
+    finally:
+        config.get_settings.cache_clear()
+    assert again["refit"] is True
+    assert catalog.REFIT.load(s, date=world.first_run) == before
+    holdout = pd.read_parquet(catalog.HOLDOUT.path(s, date=world.first_run))
+    rows = holdout[contracts.MODEL_FEATURES].to_numpy(dtype="float32")
+    refit = xgboost.Booster(model_file=str(path))
+    np.testing.assert_allclose(refit.inplace_predict(rows), served.inplace_predict(rows), atol=1e-5)
 
 
 def test_the_collaborative_and_content_signals_are_point_in_time_and_ablated(world):

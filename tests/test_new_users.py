@@ -95,6 +95,10 @@ def test_the_gate_decides_promotion(world):
         assert "popularity" in summary.gate.reason
         assert summary.infra_validation.skipped is True
         assert summary.promoted is False and not catalog.PRODUCTION.exists(world.settings)
+        # the refit train fit ahead of the gate is deleted, never registered
+        assert catalog.TRAINING.load(world.settings, date=world.day).refit_ahead is not None
+        assert not catalog.REFIT_AHEAD.path(world.settings, date=world.day).exists()
+        assert _read(world, catalog.REFIT).refit is False
 
 
 def test_most_training_rows_have_no_user_history_and_pass_the_contract(world):

@@ -22,12 +22,14 @@ from pipelines.features import (
 )
 from pipelines.scoring import score, to_matrix
 from pipelines.training import (
+    fits_at_once,
     make_ranker,
     partition_by_query,
     ranker_input,
     ranker_params,
     shuffle_labels,
     train_ranker,
+    train_rankers,
 )
 from pipelines.training_set import day_to_date
 
@@ -398,6 +400,26 @@ def test_train_ranker_learns_the_signal(spark) -> None:
     # while a random ranking of 10 candidates sits around 0.5-0.6.
     assert model["ndcg@10"] > 0.9
     assert model["ndcg@10"] > random["ndcg@10"] + 0.2
+
+
+def test_fits_side_by_side_equal_the_same_fits_one_at_a_time(spark) -> None:
+    """``train_rankers`` runs its fits from driver threads, as many at once as the slots
+    hold one-worker fits (two on ``local[2]``); each model is the one a fit alone gives."""
+    settings = Settings(n_estimators=15, num_workers=1, max_depth=3, seed=0)
+    params = ranker_params(settings)
+    assert fits_at_once(spark, params) == 2
+    assert fits_at_once(spark, ranker_params(Settings(num_workers=2))) == 1
+    first = spark.createDataFrame(_synthetic(50, 8, seed=11))
+    second = spark.createDataFrame(_synthetic(50, 8, seed=12))
+    fits = {"a": (first, []), "b": (second, []), "a without pop": (first, ["item_pop_30d"])}
+    together = train_rankers(fits, params, 1, at_once=2)
+    assert set(together) == set(fits)
+    rows = to_matrix(_synthetic(30, 8, seed=13))
+    for name, (frame, without) in fits.items():
+        alone = train_ranker(frame, params, 1, without)
+        np.testing.assert_allclose(score(together[name], rows), score(alone, rows), atol=1e-6)
+    # the ablation could not split on its missing input: another model than "a"
+    assert not np.allclose(score(together["a"], rows), score(together["a without pop"], rows))
 
 
 def test_shuffle_labels_permutes_within_queries(spark) -> None:
