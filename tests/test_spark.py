@@ -422,6 +422,26 @@ def test_fits_side_by_side_equal_the_same_fits_one_at_a_time(spark) -> None:
     assert not np.allclose(score(together["a"], rows), score(together["a without pop"], rows))
 
 
+def test_the_same_rows_in_another_order_train_the_same_model(spark) -> None:
+    """XGBoost sums in row order: a training set split into other files, or shuffled in
+    another order, must still give the bit-identical model, its ablations too."""
+    params = ranker_params(Settings(n_estimators=15, num_workers=1, max_depth=4, seed=0))
+    rows = _synthetic(300, 12, seed=21)
+    rows["label"] = np.random.default_rng(22).integers(0, 2, len(rows)).astype(float)
+    one_way = spark.createDataFrame(rows).repartition(2)
+    other_way = spark.createDataFrame(rows.sample(frac=1.0, random_state=23)).repartition(5)
+    fits = {"a": (one_way, []), "a without pop": (one_way, ["item_pop_30d"])}
+    fits |= {"b": (other_way, []), "b without pop": (other_way, ["item_pop_30d"])}
+    models = {
+        name: bytes(booster.save_raw(raw_format="ubj"))
+        for name, booster in train_rankers(fits, params, 1, at_once=2).items()
+    }
+    assert models["a"] == models["b"]
+    assert models["a without pop"] == models["b without pop"]
+    assert models["a"] != models["a without pop"]
+    assert not spark.sparkContext._jsc.getPersistentRDDs()  # inputs released after the fits
+
+
 def test_shuffle_labels_permutes_within_queries(spark) -> None:
     train = _synthetic(30, 10, seed=4).assign(item_id=lambda f: np.tile(np.arange(10), 30))
     shuffled = (
