@@ -113,10 +113,10 @@ def train_rankers(
     Each distinct ``train`` frame is read, grouped and sorted once (:func:`ranker_input`)
     and persisted while its fits run: the ablations of a candidate share its input."""
     prepared: dict[int, DataFrame] = {}
-    for train, _ in fits.values():
-        if id(train) not in prepared:
-            prepared[id(train)] = ranker_input(train, partitions).persist()
     try:
+        for train, _ in fits.values():
+            if id(train) not in prepared:
+                prepared[id(train)] = ranker_input(train, partitions).persist()
         with ThreadPoolExecutor(max_workers=max(1, at_once), thread_name_prefix="xgb") as pool:
             running = {
                 name: pool.submit(_fit, prepared[id(train)], params, without)
