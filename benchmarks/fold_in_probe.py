@@ -64,6 +64,11 @@ def item_factors(settings: Settings, n_items: int) -> dict[int, np.ndarray]:
     return out
 
 
+def _gram(factors_: np.ndarray) -> np.ndarray:
+    known = factors_[~np.isnan(factors_).any(axis=1)]
+    return known.T @ known
+
+
 def with_fold_in(
     frame: pd.DataFrame, events: pd.DataFrame, snapshots: dict[int, np.ndarray], s: Settings
 ) -> pd.DataFrame:
@@ -71,10 +76,8 @@ def with_fold_in(
     fold_in = np.full(len(frame), np.nan)
     cosine = np.full(len(frame), np.nan)
     days = np.array(sorted(snapshots))
-    gram = {
-        d: m[~np.isnan(m).any(axis=1)].T @ m[~np.isnan(m).any(axis=1)] for d, m in snapshots.items()
-    }
-    history = {u: rows for u, rows in events.groupby("user_id")}
+    gram = {d: _gram(m) for d, m in snapshots.items()}  # YᵀY over the items with factors
+    history = dict(tuple(events.groupby("user_id")))
     for (user, day), rows in frame.groupby(["user_id", "day"]).indices.items():
         at = days[days <= day]
         if not at.size or user not in history:
