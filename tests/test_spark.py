@@ -447,6 +447,25 @@ def test_the_same_rows_in_another_order_train_the_same_model(spark) -> None:
     assert persisted() == before  # the inputs are released after their fits
 
 
+def test_xgboost_reads_the_persisted_order_without_sorting_again(spark) -> None:
+    """Over the persisted input, Spark drops the sort by query id that XGBoost adds (the
+    input already satisfies it), so the rows keep ``ranker_input``'s total order; over
+    the same input unpersisted, XGBoost's sort is what reaches the fit."""
+    frame = spark.createDataFrame(_synthetic(20, 5, seed=31)).repartition(3)
+    ranker = make_ranker(ranker_params(Settings(num_workers=1)))
+
+    def final_plan(prepared) -> str:
+        fed, _ = ranker._prepare_input(prepared)
+        return fed._jdf.queryExecution().executedPlan().toString()
+
+    cached = ranker_input(frame, 1).persist()
+    try:
+        assert "Sort [" not in final_plan(cached).split("InMemoryTableScan")[0]
+    finally:
+        cached.unpersist()
+    assert "Sort [qid" in final_plan(ranker_input(frame, 1))
+
+
 def test_shuffle_labels_permutes_within_queries(spark) -> None:
     train = _synthetic(30, 10, seed=4).assign(item_id=lambda f: np.tile(np.arange(10), 30))
     shuffled = (
