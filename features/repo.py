@@ -104,8 +104,8 @@ user_factors_fv = FeatureView(
     + [Field(name=f, dtype=Float32) for f in contracts.USER_VECTORS],
     source=user_factors_source,
     online=True,
-    description="ALS (implicit) factors and the content vector of a user; the model uses only "
-    "als_score and content_sim.",
+    description="ALS (implicit) factors, content vector and recent profile of a user; the model "
+    "uses only als_score, content_sim and recent_sim.",
     owner="ranking@content-ranker",
     tags={"team": "ranking", "entity": "user", "model": "als"},
 )
@@ -172,6 +172,22 @@ def user_item_content_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
     return content_sim(inputs)
 
 
+@on_demand_feature_view(
+    sources=[user_factors_fv, item_factors_fv],
+    schema=[Field(name="recent_sim", dtype=Float64)],
+    mode="pandas",
+    description="Cosine of the user's recent profile (mean ALS factors of its latest engaged "
+    "items) and the item's ALS factors: what the user is into now.",
+    owner="ranking@content-ranker",
+    tags={"team": "ranking", "model": "als"},
+)
+def user_item_recent_odfv(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds this function from its source text, so it imports what it uses.
+    from pipelines.contracts import recent_sim
+
+    return recent_sim(inputs)
+
+
 # --- feature services: one per model version ---
 
 ranker_v1 = FeatureService(
@@ -184,6 +200,7 @@ ranker_v1 = FeatureService(
         user_item_match_odfv,
         user_item_als_odfv,
         user_item_content_odfv,
+        user_item_recent_odfv,
     ],
     description="Inputs of the XGBoost ranker: activity, content and collaborative features.",
     owner="ranking@content-ranker",

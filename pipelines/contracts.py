@@ -52,9 +52,14 @@ ITEM_FACTORS = [f"als_i{k:02d}" for k in range(ALS_RANK)]
 CONTENT_DIM = 16
 USER_CONTENT = [f"cv_u{k:02d}" for k in range(CONTENT_DIM)]
 ITEM_CONTENT = [f"cv_i{k:02d}" for k in range(CONTENT_DIM)]
-USER_VECTORS = USER_FACTORS + USER_CONTENT  # the columns of the user factor view
+# A user's recent taste in the ALS item space: the mean ALS factors of the items of its
+# latest RECENT_ITEMS engagements. Only its cosine with the item's factors (``recent_sim``)
+# is a model input.
+RECENT_ITEMS = 20
+USER_RECENT = [f"rp_u{k:02d}" for k in range(ALS_RANK)]
+USER_VECTORS = USER_FACTORS + USER_CONTENT + USER_RECENT  # the columns of the user factor view
 ITEM_VECTORS = ITEM_FACTORS + ITEM_CONTENT
-ON_DEMAND_FEATURES: list[str] = ["genre_match", "als_score", "content_sim"]
+ON_DEMAND_FEATURES: list[str] = ["genre_match", "als_score", "content_sim", "recent_sim"]
 USER_AFFINITY = [f"user_aff_{g}" for g in GENRE_SLOTS]
 ITEM_GENRES = [f"item_genre_{g}" for g in GENRE_SLOTS]
 
@@ -66,6 +71,7 @@ ITEM_FACTOR_VIEW = "item_factors_fv"
 ODFV = "user_item_match_odfv"
 ALS_ODFV = "user_item_als_odfv"
 CONTENT_ODFV = "user_item_content_odfv"
+RECENT_ODFV = "user_item_recent_odfv"
 ONLINE_VIEWS = (USER_VIEW, ITEM_VIEW, USER_FACTOR_VIEW, ITEM_FACTOR_VIEW)
 FEATURE_SERVICE = "ranker_v1"
 # The TTL of both feature views: a snapshot older than this at the query time counts as
@@ -75,7 +81,10 @@ FEATURE_TTL = timedelta(days=365)
 
 # The signals the run report ablates: each is retrained without these inputs (set missing)
 # and scored on the same holdout, to show what it adds on its own.
-SIGNALS: dict[str, list[str]] = {"collaborative": ["als_score"], "content": ["content_sim"]}
+SIGNALS: dict[str, list[str]] = {
+    "collaborative": ["als_score", "recent_sim"],
+    "content": ["content_sim"],
+}
 
 # The model's input columns, in order.
 MODEL_FEATURES: list[str] = USER_FEATURES + ITEM_FEATURES + ON_DEMAND_FEATURES
@@ -90,6 +99,7 @@ def feature_refs() -> list[str]:
         [f"{USER_VIEW}:{f}" for f in USER_FEATURES]
         + [f"{ITEM_VIEW}:{f}" for f in ITEM_FEATURES]
         + [f"{ODFV}:genre_match", f"{ALS_ODFV}:als_score", f"{CONTENT_ODFV}:content_sim"]
+        + [f"{RECENT_ODFV}:recent_sim"]
     )
 
 
@@ -136,6 +146,12 @@ def content_sim(features: pd.DataFrame) -> pd.DataFrame:
     """The content signal: the cosine of the user's and the item's content vectors. A user
     with no engaged items, or an item without text or topics, gives NaN (missing)."""
     return _user_item(features, "content_sim", content_sim_values, USER_CONTENT, ITEM_CONTENT)
+
+
+def recent_sim(features: pd.DataFrame) -> pd.DataFrame:
+    """The recent-taste score: the cosine of the user's recent profile (the mean ALS factors
+    of its latest engaged items) and the item's ALS factors. NaN for a cold side."""
+    return _user_item(features, "recent_sim", content_sim_values, USER_RECENT, ITEM_FACTORS)
 
 
 def content_sim_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:

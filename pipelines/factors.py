@@ -18,6 +18,15 @@ what was served on those days, so the skew check can join the served rows back t
 and later training rows may use them as of their time like any other snapshot. Snapshots
 older than the run's first grid day can no longer be reached by a query and are dropped.
 
+A snapshot's user rows do not end at its day. Serving reads a snapshot fit every day, but
+a training or holdout query between two grid days would join a user's taste as of up to a
+grid step ago (180 days on ML-1M). So each snapshot also holds, for every user that engaged
+on a day ``a`` before the next snapshot, a row stamped ``a + 1``: its factors folded in
+against the snapshot's item factors (the user half-step of ALS, exactly), its content
+vector and its recent profile, all from its events before ``a + 1``
+(:func:`fold_in_rows`). The point-in-time join then gives every query the user as of the
+day before it, against item factors of the same fit.
+
 Each snapshot also holds content vectors (Spark MLlib: TF-IDF of an item's title words and
 topics, reduced to ``contracts.CONTENT_DIM`` by PCA and centred). An item's vector comes
 from its metadata alone, so every item that appeared before the snapshot's day has one,
@@ -37,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from pipelines import catalog, contracts
@@ -245,15 +255,174 @@ def _checkpoint_dir(spark: SparkSession, settings: Settings) -> None:
         spark.sparkContext.setCheckpointDir(str(settings.data_dir / "spark-checkpoints"))
 
 
+def recent_profiles(latest: DataFrame, item_factors: DataFrame) -> DataFrame:
+    """Per user, the mean ALS factors (``contracts.USER_RECENT``) of the items of its latest
+    ``contracts.RECENT_ITEMS`` engagements: ``latest`` holds (user_id, item_id, ts) with
+    ``ts`` the pair's latest engagement; later first, ties by item id. Items without
+    factors are skipped after the cut."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("user_id").orderBy(F.desc("ts"), "item_id")
+    last = latest.withColumn("_r", F.row_number().over(order)).where(
+        F.col("_r") <= contracts.RECENT_ITEMS
+    )
+    means = [
+        F.avg(i).cast("float").alias(u)
+        for i, u in zip(contracts.ITEM_FACTORS, contracts.USER_RECENT, strict=True)
+    ]
+    return last.join(item_factors, "item_id").groupBy("user_id").agg(*means)
+
+
+def _dense(frame: pd.DataFrame, key: str, columns: list[str]) -> np.ndarray:
+    """Rows of ``frame`` as a (max id + 1, len(columns)) float64 array, NaN where none."""
+    size = int(frame[key].max()) + 1 if len(frame) else 1
+    out = np.full((size, len(columns)), np.nan)
+    out[frame[key].to_numpy("int64")] = frame[columns].to_numpy("float64")
+    return out
+
+
+def fold_in_state(
+    events: pd.DataFrame,
+    days: list[int],
+    item_factors: np.ndarray,
+    item_content: np.ndarray | None,
+    settings: Settings,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """One user's vectors (``contracts.USER_VECTORS``) at each of ``days``, from its engaged
+    events before that day (``events``: item_id, rating, timestamp; the last
+    ``als_window_days`` of them when set) against one snapshot's item factors:
+
+    - its ALS factors folded in: Spark's implicit normal equations for one user, with the
+      snapshot's item factors fixed (``(YᵀY + Σ c y yᵀ + λ n I) x = Σ (1 + c) y``,
+      ``c = alpha · rating``), which is the step ALS itself takes for a user;
+    - its content vector (:func:`user_content`) and recent profile (:func:`recent_profiles`).
+
+    Items without factors in the snapshot (first engaged after it) add nothing to the
+    first and third. ``gram`` is ``YᵀY`` of ``item_factors`` (computed when not given)."""
+    s = settings
+    y_all = item_factors
+    if gram is None:
+        gram = np.nan_to_num(y_all).T @ np.nan_to_num(y_all)
+    ts = events["timestamp"].to_numpy("int64")
+    order = np.argsort(ts, kind="stable")
+    ts = ts[order]
+    items_all = events["item_id"].to_numpy("int64")[order]
+    rating = events["rating"].to_numpy("float64")[order]
+    uniq, local = np.unique(items_all, return_inverse=True)
+    y_u = y_all[np.minimum(uniq, len(y_all) - 1)]
+    y_u[uniq >= len(y_all)] = np.nan
+    if item_content is not None:
+        v_u = item_content[np.minimum(uniq, len(item_content) - 1)]
+        v_u[uniq >= len(item_content)] = np.nan
+    rank = len(contracts.USER_FACTORS)
+    out = np.full((len(days), len(contracts.USER_VECTORS)), np.nan)
+    for row, day in enumerate(days):
+        end = int(np.searchsorted(ts, day * 86_400, side="left"))
+        start = (
+            int(np.searchsorted(ts, (day - s.als_window_days) * 86_400, side="left"))
+            if s.als_window_days
+            else 0
+        )
+        r_max = np.full(len(uniq), -np.inf)
+        t_max = np.full(len(uniq), np.iinfo(np.int64).min)
+        np.maximum.at(r_max, local[start:end], rating[start:end])
+        np.maximum.at(t_max, local[start:end], ts[start:end])
+        seen = np.flatnonzero(r_max > -np.inf)
+        if not seen.size:
+            continue
+        y = y_u[seen]
+        has = ~np.isnan(y).any(axis=1)
+        if has.any():
+            yk, c = y[has], s.als_alpha * r_max[seen][has]
+            a = gram + (yk * c[:, None]).T @ yk + s.als_reg * len(yk) * np.eye(rank)
+            out[row, :rank] = np.linalg.solve(a, ((1.0 + c)[:, None] * yk).sum(axis=0))
+        if item_content is not None:
+            v = v_u[seen]
+            hv = ~np.isnan(v).any(axis=1)
+            if hv.any():
+                age = (day * 86_400 - t_max[seen][hv]) / 86_400.0
+                w = np.power(0.5, age / s.content_half_life_days)
+                out[row, rank : 2 * rank] = (w[:, None] * v[hv]).sum(axis=0) / w.sum()
+        latest = seen[np.lexsort((uniq[seen], -t_max[seen]))][: contracts.RECENT_ITEMS]
+        recent = y_u[latest]
+        recent = recent[~np.isnan(recent).any(axis=1)]
+        if len(recent):
+            out[row, 2 * rank :] = recent.mean(axis=0)
+    return out
+
+
+def fold_in_rows(
+    events: DataFrame,
+    day: int,
+    until: int,
+    item_factors: DataFrame,
+    item_vectors: DataFrame | None,
+    settings: Settings,
+) -> DataFrame | None:
+    """Fresh user rows between two snapshots: for each user that engaged on a day ``a`` in
+    [``day``, ``until - 2``], a row stamped ``a + 1`` with its vectors then
+    (:func:`fold_in_state`, against snapshot ``day``'s item factors). A query between
+    snapshots so joins the user's taste as of the day before it, as serving (a fresh
+    snapshot every day) does, not as of a grid step ago. None when no day lies between."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if until - day < 2:
+        return None
+    engaged = events.where(F.col("rating") > 0).where(F.col("timestamp") < (until - 1) * 86_400)
+    active = engaged.where(F.col("timestamp") >= day * 86_400).select("user_id").distinct()
+    history = engaged.join(active, "user_id", "left_semi").select(
+        F.col("user_id").cast("long"),
+        F.col("item_id").cast("long"),
+        F.col("rating").cast("double"),
+        F.col("timestamp").cast("long"),
+    )
+    y = _dense(item_factors.toPandas(), "item_id", contracts.ITEM_FACTORS)
+    v = (
+        None
+        if item_vectors is None
+        else _dense(item_vectors.toPandas(), "item_id", contracts.ITEM_CONTENT)
+    )
+    gram = np.nan_to_num(y).T @ np.nan_to_num(y)  # once per snapshot, not per user
+
+    def per_user(rows: pd.DataFrame) -> pd.DataFrame:
+        ts = rows["timestamp"].to_numpy("int64")
+        active_days = np.unique(ts[ts >= day * 86_400] // 86_400)
+        days = [int(a) + 1 for a in active_days]
+        state = fold_in_state(rows, days, y, v, settings, gram)
+        frame = pd.DataFrame(state.astype("float32"), columns=contracts.USER_VECTORS)
+        frame.insert(0, "stamp", np.array(days, dtype="int64") * 86_400)
+        frame.insert(0, "user_id", np.int64(rows["user_id"].iloc[0]))
+        return frame
+
+    schema = T.StructType(
+        [T.StructField("user_id", T.LongType()), T.StructField("stamp", T.LongType())]
+        + [T.StructField(c, T.FloatType()) for c in contracts.USER_VECTORS]
+    )
+    rows = history.groupBy("user_id").applyInPandas(per_user, schema)
+    return rows.select(
+        "user_id",
+        F.timestamp_seconds("stamp").alias("event_timestamp"),
+        *contracts.USER_VECTORS,
+    )
+
+
 def fit_snapshot(
-    events: DataFrame, day: int, settings: Settings, item_vectors: DataFrame | None = None
+    events: DataFrame,
+    day: int,
+    settings: Settings,
+    item_vectors: DataFrame | None = None,
+    until: int | None = None,
 ) -> tuple[DataFrame, DataFrame] | None:
     """ALS on the events before ``day`` (rating > 0 = engaged; a (user, item)'s strongest
-    engagement is its confidence), and the users' content vectors from the same events.
-    Returns per-user and per-item rows (``contracts.USER_VECTORS``, ``ITEM_VECTORS``)
-    stamped at ``day``: every item that any event before ``day`` named has a row with its
-    content vector, its ALS factors null when none engaged with it. None when there is
-    nothing to fit."""
+    engagement is its confidence), and the users' content vectors and recent profiles from
+    the same events. Returns per-user and per-item rows (``contracts.USER_VECTORS``,
+    ``ITEM_VECTORS``) stamped at ``day``: every item that any event before ``day`` named has
+    a row with its content vector, its ALS factors null when none engaged with it. With
+    ``until`` (the next snapshot's day), the user rows also hold :func:`fold_in_rows` for
+    the days between. None when there is nothing to fit."""
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
@@ -291,22 +460,27 @@ def fit_snapshot(
 
     users = columns(model.userFactors, "user_id", contracts.USER_FACTORS)
     items = columns(model.itemFactors, "item_id", contracts.ITEM_FACTORS)
+    latest = before.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
+    users = users.join(recent_profiles(latest, items), "user_id", "left")
     if item_vectors is None:
         users = users.select(
             "*", *[F.lit(None).cast("float").alias(c) for c in contracts.USER_CONTENT]
         )
+        fresh = fold_in_rows(events, day, until, items, None, settings) if until else None
         items = items.select(
             "*", *[F.lit(None).cast("float").alias(c) for c in contracts.ITEM_CONTENT]
         )
     else:
         profiles = user_content(before, item_vectors, day, settings.content_half_life_days)
         users = users.join(profiles, "user_id", "full_outer")
+        fresh = fold_in_rows(events, day, until, items, item_vectors, settings) if until else None
         # items that existed before the day (any event, a skipped impression too): what a
         # query then could rank; the same rows however late a run fits the snapshot
         seen = events.where(ts < day * 86_400).select("item_id").distinct()
         items = items.join(item_vectors.join(seen, "item_id"), "item_id", "full_outer")
+    users = users.select("user_id", stamp, *contracts.USER_VECTORS)
     return (
-        users.select("user_id", stamp, *contracts.USER_VECTORS),
+        users if fresh is None else users.unionByName(fresh),
         items.select("item_id", stamp, *contracts.ITEM_VECTORS),
     )
 
@@ -367,9 +541,17 @@ def update_factors(
     content, als = content_key(text), als_key(settings)
     existing = set.intersection(*(_partition_days(t) for t in tables.values()))
     earlier = {d for d in existing if d >= days[0] and d not in days}  # served, kept
-    prints = _fingerprints(events, sorted({*days, *earlier}))
+    kept_days = sorted({*days, *earlier})
+    prints = _fingerprints(events, kept_days)
     fitted, empty = [], []
-    wanted = {day: f"{prints[day]}|{als}|{content}" for day in sorted({*days, *earlier})}
+    # A snapshot's user rows run up to the next snapshot (fold_in_rows): its entry names
+    # that day and the events before it, so new ones in between refit it. The content key
+    # stays last (an earlier run's served snapshot is checked against it alone).
+    until = dict(zip(kept_days, [*kept_days[1:], None], strict=True))
+    wanted = {
+        day: f"{prints[day]}|{als}|to:{until[day]}:{prints.get(until[day], '')}|{content}"
+        for day in kept_days
+    }
     to_fit = [
         day
         for day, want in wanted.items()
@@ -388,7 +570,8 @@ def update_factors(
     # time, in day order.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="als") as pool:
         fits = [
-            (day, pool.submit(fit_snapshot, events, day, settings, item_vectors)) for day in to_fit
+            (day, pool.submit(fit_snapshot, events, day, settings, item_vectors, until[day]))
+            for day in to_fit
         ]
         for day, fit in fits:
             want = wanted[day]

@@ -69,6 +69,7 @@ def repo_objects() -> list:
         repo.user_item_match_odfv,
         repo.user_item_als_odfv,
         repo.user_item_content_odfv,
+        repo.user_item_recent_odfv,
         repo.ranker_v1,
     ]
 

@@ -67,7 +67,7 @@ USER_HISTORY = "user_cnt_all.notnull()"
 ITEM_HISTORY = "item_pop_all.notnull()"
 # Features that can be null with history too: affinities need a genre among the user's
 # items, age needs a release year (both optional item metadata); genre_match needs both.
-SNAPSHOT_SCORES = {"als_score", "content_sim"}
+SNAPSHOT_SCORES = {"als_score", "content_sim", "recent_sim"}
 METADATA_FEATURES = {*USER_AFFINITY, "item_age_years", "genre_match"}
 
 # Settings fields this module reads, with the value used while Settings lacks the field.

@@ -38,7 +38,8 @@ SQLITE_BUSY_TIMEOUT_S = 0.25
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
-N_FACTORS = contracts.ALS_RANK  # the ALS factors lead a factor row; the content vector follows
+N_FACTORS = contracts.ALS_RANK  # a factor row: the ALS factors, the content vector, and
+N_CONTENT = contracts.CONTENT_DIM  # (users only) the recent profile
 USER_SLICE = slice(0, N_USER)
 ITEM_SLICE = slice(N_USER, N_USER + N_ITEM)
 AFF_IDX = np.array([contracts.USER_FEATURES.index(f) for f in contracts.USER_AFFINITY])
@@ -47,6 +48,7 @@ POP_IDX = contracts.ITEM_FEATURES.index(contracts.POPULARITY_FEATURE)
 GENRE_MATCH = contracts.MODEL_FEATURES.index("genre_match")
 ALS_SCORE = contracts.MODEL_FEATURES.index("als_score")
 CONTENT_SIM = contracts.MODEL_FEATURES.index("content_sim")
+RECENT_SIM = contracts.MODEL_FEATURES.index("recent_sim")
 
 # The views each side of a request reads, in the order their columns are laid out: a user
 # row is the user's activity features then its factor view (ALS factors, content vector),
@@ -150,10 +152,14 @@ def assemble(
     matrix[:, GENRE_MATCH] = contracts.genre_match_values(
         user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
     )
-    als = slice(N_USER, N_USER + N_FACTORS), slice(N_ITEM, N_ITEM + N_FACTORS)
-    content = slice(N_USER + N_FACTORS, None), slice(N_ITEM + N_FACTORS, None)
-    matrix[:, ALS_SCORE] = contracts.als_score_values(user[als[0]], items[:, als[1]])
-    matrix[:, CONTENT_SIM] = contracts.content_sim_values(user[content[0]], items[:, content[1]])
+    u, i = N_USER, N_ITEM
+    item_factors = items[:, i : i + N_FACTORS]
+    matrix[:, ALS_SCORE] = contracts.als_score_values(user[u : u + N_FACTORS], item_factors)
+    u, i = u + N_FACTORS, i + N_FACTORS
+    content = user[u : u + N_CONTENT], items[:, i : i + N_CONTENT]
+    matrix[:, CONTENT_SIM] = contracts.content_sim_values(*content)
+    recent = user[u + N_CONTENT : u + N_CONTENT + N_FACTORS]
+    matrix[:, RECENT_SIM] = contracts.content_sim_values(recent, item_factors)
     found = user_ts[0] > 0 and not user_stale[0]
     return FeatureBatch(matrix, bool(found), bool(user_stale[0]), stale[:, 0], now)
 

@@ -158,6 +158,8 @@ def test_the_collaborative_and_content_signals_are_point_in_time_and_ablated(wor
     assert train["als_score"].notna().mean() > 0.5
     assert train["content_sim"].notna().mean() > 0.5
     assert train["content_sim"].dropna().between(-1 - 1e-6, 1 + 1e-6).all()  # a cosine
+    assert train["recent_sim"].notna().mean() > 0.5
+    assert train["recent_sim"].dropna().between(-1 - 1e-6, 1 + 1e-6).all()
     # every training row's score comes from a snapshot fit strictly before its query day
     table = pd.read_parquet(catalog.FACTOR_TABLE.path(world.settings, kind="user"))
     snapshot_days = sorted(int(d) for d in table[factors.PARTITION].unique())

@@ -57,6 +57,56 @@ def test_als_score_is_the_dot_product_and_null_for_cold_sides() -> None:
     assert np.isnan(out.iloc[1])
 
 
+def test_recent_sim_is_the_cosine_of_the_recent_profile_and_the_item_factors() -> None:
+    frame = pd.DataFrame(0.0, index=[0, 1], columns=contracts.USER_RECENT + contracts.ITEM_FACTORS)
+    frame.loc[0, ["rp_u00", "als_i00", "rp_u01", "als_i01"]] = [1.0, 2.0, 1.0, 0.0]
+    frame.loc[1, contracts.USER_RECENT] = np.nan  # a user with no engagement yet
+    out = contracts.recent_sim(frame)["recent_sim"]
+    assert out.iloc[0] == pytest.approx(2.0 / (np.sqrt(2.0) * 2.0))
+    assert np.isnan(out.iloc[1])
+
+
+def test_a_snapshot_holds_fresh_user_rows_for_the_days_up_to_the_next(spark, tmp_path) -> None:
+    """Between snapshots 20 and 40, each user that engaged on day a gets a row at a + 1: its
+    ALS factors folded in against snapshot 20's item factors (Spark's implicit normal
+    equations for one user), and its recent profile, from its events before a + 1."""
+    settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=5)
+    rows = _world(5, range(0, 45))
+    factors.update_factors(spark, _events(spark, rows), settings, first_query_day=20, last_day=44)
+    users, items = _read(settings, "user"), _read(settings, "item")
+    users = users[users[factors.PARTITION] == 20]
+    y = items[items[factors.PARTITION] == 20].set_index("item_id")[contracts.ITEM_FACTORS]
+    y = y.dropna().astype("float64")
+    days = users["event_timestamp"].map(lambda t: int(t.timestamp()) // DAY)
+    expected = {(u, d + 1) for u, _, _, d in rows if 20 <= d <= 38}
+    assert (
+        set(zip(users["user_id"], days, strict=True)) - {(u, 20) for u in users["user_id"]}
+        == expected
+    )
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "day"])
+    for user, day in sorted(expected)[:: max(1, len(expected) // 6)]:
+        before = events[(events["user_id"] == user) & (events["day"] < day)]
+        pairs = before.groupby("item_id").agg(rating=("rating", "max"), last=("day", "max"))
+        pairs = pairs[pairs.index.isin(y.index)]
+        yk = y.loc[pairs.index].to_numpy()
+        c = settings.als_alpha * pairs["rating"].to_numpy()
+        a = y.to_numpy().T @ y.to_numpy() + (yk * c[:, None]).T @ yk
+        a += settings.als_reg * len(yk) * np.eye(contracts.ALS_RANK)
+        x = np.linalg.solve(a, ((1 + c)[:, None] * yk).sum(axis=0))
+        row = users[(users["user_id"] == user) & (days == day)]
+        assert len(row) == 1
+        np.testing.assert_allclose(
+            row[contracts.USER_FACTORS].to_numpy()[0], x, rtol=1e-3, atol=1e-4
+        )
+        # the recent profile: the items of the latest engagements (ties: by item id)
+        latest = before.sort_values(["day", "item_id"], ascending=[False, True])
+        latest = latest.drop_duplicates("item_id").head(contracts.RECENT_ITEMS)["item_id"]
+        profile = y.loc[latest[latest.isin(y.index)]].mean().to_numpy()
+        np.testing.assert_allclose(
+            row[contracts.USER_RECENT].to_numpy()[0], profile, rtol=1e-4, atol=1e-5
+        )
+
+
 def test_a_snapshot_sees_only_events_before_its_day(spark, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, als_every_days=20, als_iterations=5)
     rows = _world(1, range(0, 60))
@@ -65,19 +115,28 @@ def test_a_snapshot_sees_only_events_before_its_day(spark, tmp_path) -> None:
     assert sorted(before[factors.PARTITION].unique()) == [20, 40, 60]
 
     # Other events from day 40 on: snapshots 20 and 40 must not move, 60 must.
+    # (40 is refit too: its fresh user rows, up to day 59, read events from day 40 on.)
     other = [r for r in rows if r[3] < 40] + _world(2, range(40, 60))
     out = factors.update_factors(spark, _events(spark, other), settings, 20, 59)
-    assert out["fitted"] == [60]
+    assert out["fitted"] == [40, 60]
     after = _read(settings, "user")
+
+    def stamped(frame: pd.DataFrame, day: int) -> pd.DataFrame:
+        rows = frame[frame["event_timestamp"] == pd.Timestamp(day * DAY, unit="s", tz="UTC")]
+        return rows.sort_values("user_id").reset_index(drop=True)
+
     for day in (20, 40):
-        a = before[before[factors.PARTITION] == day].sort_values("user_id")
-        b = after[after[factors.PARTITION] == day].sort_values("user_id")
-        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+        pd.testing.assert_frame_equal(stamped(before, day), stamped(after, day))
+    partition_20 = after[after[factors.PARTITION] == 20]
+    pd.testing.assert_frame_equal(
+        before[before[factors.PARTITION] == 20].sort_values(["user_id", "event_timestamp"]),
+        partition_20.sort_values(["user_id", "event_timestamp"]),
+    )
     # each snapshot is stamped at 00:00 of its day, and holds only entities seen before it
-    stamps = after.groupby(factors.PARTITION, observed=True)["event_timestamp"].first()
+    stamps = after.groupby(factors.PARTITION, observed=True)["event_timestamp"].min()
     assert [int(ts.timestamp()) for ts in stamps] == [20 * DAY, 40 * DAY, 60 * DAY]
     seen_by_20 = {r[0] for r in rows if r[3] < 20}
-    assert set(after[after[factors.PARTITION] == 20]["user_id"]) == seen_by_20
+    assert set(stamped(after, 20)["user_id"]) == seen_by_20
 
 
 def test_snapshots_fit_two_at_a_time_equal_each_fit_alone(spark, tmp_path) -> None:
@@ -88,12 +147,14 @@ def test_snapshots_fit_two_at_a_time_equal_each_fit_alone(spark, tmp_path) -> No
     out = factors.update_factors(spark, events, settings, first_query_day=15, last_day=59)
     assert out["fitted"] == [15, 30, 45, 60]
     users = _read(settings, "user")
+    until = dict(zip(out["days"], [*out["days"][1:], None], strict=True))
     for day in out["fitted"]:
-        alone = factors.fit_snapshot(events, day, settings)[0].toPandas()
+        alone = factors.fit_snapshot(events, day, settings, until=until[day])[0].toPandas()
         written = users[users[factors.PARTITION] == day].drop(columns=factors.PARTITION)
+        key = ["user_id", "event_timestamp"]
         pd.testing.assert_frame_equal(
-            written.sort_values("user_id").reset_index(drop=True)[alone.columns],
-            alone.sort_values("user_id").reset_index(drop=True),
+            written.sort_values(key).reset_index(drop=True)[alone.columns],
+            alone.sort_values(key).reset_index(drop=True),
             check_dtype=False,
         )
 
@@ -120,9 +181,10 @@ def test_snapshots_are_reused_refit_on_a_backfill_and_served_ones_kept(spark, tm
     assert sorted(_read(settings, "item")[factors.PARTITION].unique()) == [20, 40, 45, 46]
     pd.testing.assert_frame_equal(snapshot(45), served)
 
-    # A backfilled partition before day 40 changes what snapshots 40 and 46 were fit on.
+    # A backfilled partition on day 30 changes what snapshots 40 and 46 were fit on, and
+    # the fresh user rows that snapshot 20 holds for days 31 to 39.
     late = _events(spark, [*rows, (0, 1, 3.0, 30)])
-    assert factors.update_factors(spark, late, settings, 21, 45)["fitted"] == [40, 46]
+    assert factors.update_factors(spark, late, settings, 21, 45)["fitted"] == [20, 40, 46]
 
     # Another ALS configuration refits the grid's snapshots; the served one stays as served.
     other = settings.model_copy(update={"als_reg": 0.2})

@@ -113,6 +113,7 @@ def test_the_repo_is_the_same_whatever_the_callers_settings(tmp_path):
         f"OnDemandFeatureView:{contracts.ODFV}",
         f"OnDemandFeatureView:{contracts.ALS_ODFV}",
         f"OnDemandFeatureView:{contracts.CONTENT_ODFV}",
+        f"OnDemandFeatureView:{contracts.RECENT_ODFV}",
         f"FeatureService:{contracts.FEATURE_SERVICE}",
     }
     assert not local["config_read"]  # importing the repo reads no settings

@@ -297,11 +297,15 @@ def test_model_features_contract() -> None:
     feats = contracts.MODEL_FEATURES
     assert len(feats) == len(set(feats))
     assert feats == contracts.USER_FEATURES + contracts.ITEM_FEATURES + contracts.ON_DEMAND_FEATURES
-    # 3 counts + mean + recency + 18 affinities; the same shape for items; 3 on-demand.
-    assert len(feats) == 23 + 23 + 3
+    # 3 counts + mean + recency + 18 affinities; the same shape for items; 4 on-demand.
+    assert len(feats) == 23 + 23 + 4
     refs = contracts.feature_refs()
     assert [r.split(":")[1] for r in refs] == feats
-    assert refs[-2:] == [f"{contracts.ALS_ODFV}:als_score", f"{contracts.CONTENT_ODFV}:content_sim"]
+    assert refs[-3:] == [
+        f"{contracts.ALS_ODFV}:als_score",
+        f"{contracts.CONTENT_ODFV}:content_sim",
+        f"{contracts.RECENT_ODFV}:recent_sim",
+    ]
 
 
 # ---------------------------------------------------------------------- scoring
