@@ -145,16 +145,16 @@ def als_score_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:
 def content_sim(features: pd.DataFrame) -> pd.DataFrame:
     """The content signal: the cosine of the user's and the item's content vectors. A user
     with no engaged items, or an item without text or topics, gives NaN (missing)."""
-    return _user_item(features, "content_sim", content_sim_values, USER_CONTENT, ITEM_CONTENT)
+    return _user_item(features, "content_sim", cosine_values, USER_CONTENT, ITEM_CONTENT)
 
 
 def recent_sim(features: pd.DataFrame) -> pd.DataFrame:
     """The recent-taste score: the cosine of the user's recent profile (the mean ALS factors
     of its latest engaged items) and the item's ALS factors. NaN for a cold side."""
-    return _user_item(features, "recent_sim", content_sim_values, USER_RECENT, ITEM_FACTORS)
+    return _user_item(features, "recent_sim", cosine_values, USER_RECENT, ITEM_FACTORS)
 
 
-def content_sim_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:
+def cosine_values(user: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Row-wise cosine; ``user`` may be one row for all items. A zero vector gives NaN."""
     user = np.asarray(user, dtype="float64")
     items = np.asarray(items, dtype="float64")

@@ -38,8 +38,6 @@ SQLITE_BUSY_TIMEOUT_S = 0.25
 
 N_USER = len(contracts.USER_FEATURES)
 N_ITEM = len(contracts.ITEM_FEATURES)
-N_FACTORS = contracts.ALS_RANK  # a factor row: the ALS factors, the content vector, and
-N_CONTENT = contracts.CONTENT_DIM  # (users only) the recent profile
 USER_SLICE = slice(0, N_USER)
 ITEM_SLICE = slice(N_USER, N_USER + N_ITEM)
 AFF_IDX = np.array([contracts.USER_FEATURES.index(f) for f in contracts.USER_AFFINITY])
@@ -50,9 +48,19 @@ ALS_SCORE = contracts.MODEL_FEATURES.index("als_score")
 CONTENT_SIM = contracts.MODEL_FEATURES.index("content_sim")
 RECENT_SIM = contracts.MODEL_FEATURES.index("recent_sim")
 
+
+def _span(columns: list[str], names: list[str]) -> slice:
+    """Where the contiguous ``names`` sit in a row laid out as ``columns``."""
+    start = columns.index(names[0])
+    if columns[start : start + len(names)] != names:
+        raise ValueError(f"{names[0]}..{names[-1]} are not contiguous in the row")
+    return slice(start, start + len(names))
+
+
 # The views each side of a request reads, in the order their columns are laid out: a user
-# row is the user's activity features then its factor view (ALS factors, content vector),
-# each view stamped on its own; an item row likewise.
+# row is the user's activity features then its factor view (ALS factors, content vector,
+# recent profile: contracts.USER_VECTORS), each view stamped on its own; an item row
+# likewise (its features, then contracts.ITEM_VECTORS).
 USER_VIEWS = ((contracts.USER_VIEW, contracts.USER_FEATURES),) + (
     (contracts.USER_FACTOR_VIEW, contracts.USER_VECTORS),
 )
@@ -61,6 +69,13 @@ ITEM_VIEWS = ((contracts.ITEM_VIEW, contracts.ITEM_FEATURES),) + (
 )
 USER_WIDTH = N_USER + len(contracts.USER_VECTORS)
 ITEM_WIDTH = N_ITEM + len(contracts.ITEM_VECTORS)
+USER_COLUMNS = [f for _, features in USER_VIEWS for f in features]
+ITEM_COLUMNS = [f for _, features in ITEM_VIEWS for f in features]
+USER_ALS = _span(USER_COLUMNS, contracts.USER_FACTORS)
+USER_CONTENT = _span(USER_COLUMNS, contracts.USER_CONTENT)
+USER_RECENT = _span(USER_COLUMNS, contracts.USER_RECENT)
+ITEM_ALS = _span(ITEM_COLUMNS, contracts.ITEM_FACTORS)
+ITEM_CONTENT = _span(ITEM_COLUMNS, contracts.ITEM_CONTENT)
 
 
 @dataclass
@@ -152,14 +167,11 @@ def assemble(
     matrix[:, GENRE_MATCH] = contracts.genre_match_values(
         user[AFF_IDX], matrix[:, N_USER + GENRE_IDX]
     )
-    u, i = N_USER, N_ITEM
-    item_factors = items[:, i : i + N_FACTORS]
-    matrix[:, ALS_SCORE] = contracts.als_score_values(user[u : u + N_FACTORS], item_factors)
-    u, i = u + N_FACTORS, i + N_FACTORS
-    content = user[u : u + N_CONTENT], items[:, i : i + N_CONTENT]
-    matrix[:, CONTENT_SIM] = contracts.content_sim_values(*content)
-    recent = user[u + N_CONTENT : u + N_CONTENT + N_FACTORS]
-    matrix[:, RECENT_SIM] = contracts.content_sim_values(recent, item_factors)
+    item_factors = items[:, ITEM_ALS]
+    matrix[:, ALS_SCORE] = contracts.als_score_values(user[USER_ALS], item_factors)
+    content = user[USER_CONTENT], items[:, ITEM_CONTENT]
+    matrix[:, CONTENT_SIM] = contracts.cosine_values(*content)
+    matrix[:, RECENT_SIM] = contracts.cosine_values(user[USER_RECENT], item_factors)
     found = user_ts[0] > 0 and not user_stale[0]
     return FeatureBatch(matrix, bool(found), bool(user_stale[0]), stale[:, 0], now)
 

@@ -318,3 +318,28 @@ def test_a_users_content_vector_weighs_recent_engagement_more(spark) -> None:
     assert got["user_id"].tolist() == [7]
     assert got.loc[0, "cv_u00"] == pytest.approx(w0 / (w0 + w1), rel=1e-5)
     assert got.loc[0, "cv_u01"] == pytest.approx(w1 / (w0 + w1), rel=1e-5)
+
+
+def test_fresh_user_rows_hold_the_content_vector_a_snapshot_on_their_day_would(spark) -> None:
+    """A fresh row's content vector (computed per user in pandas) is :func:`user_content`
+    (Spark) on the same events at the row's day: one recency weighting, two code paths."""
+    settings = Settings(content_half_life_days=7.0)
+    rng = np.random.default_rng(3)
+    vectors = pd.DataFrame(
+        rng.normal(size=(30, contracts.CONTENT_DIM)), columns=contracts.ITEM_CONTENT
+    )
+    item_vectors = spark.createDataFrame(vectors.rename_axis("item_id").reset_index())
+    als = pd.DataFrame(rng.normal(size=(30, contracts.ALS_RANK)), columns=contracts.ITEM_FACTORS)
+    item_factors = spark.createDataFrame(als.rename_axis("item_id").reset_index())
+    events = _events(spark, _world(11, range(0, 30), users=10))
+    fresh = factors.fold_in_rows(events, 10, 30, item_factors, item_vectors, settings).toPandas()
+    fresh["day"] = fresh["event_timestamp"].map(lambda t: int(t.timestamp()) // DAY)
+    assert fresh["day"].between(11, 29).all() and len(fresh) > 20
+    for day in (11, 17, 29):
+        want = factors.user_content(events, item_vectors, day, 7.0).toPandas()
+        got = fresh[fresh["day"] == day]
+        assert len(got) > 0
+        want = want.set_index("user_id").loc[got["user_id"], contracts.USER_CONTENT]
+        np.testing.assert_allclose(
+            got[contracts.USER_CONTENT].to_numpy(), want.to_numpy(), rtol=1e-4, atol=1e-5
+        )
