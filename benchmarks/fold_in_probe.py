@@ -26,11 +26,10 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from pipelines import catalog, contracts, evaluation, factors, ids
+from benchmarks import ranker_sweep
+from pipelines import catalog, contracts, factors, ids
 from pipelines.config import Settings, get_settings
 from pipelines.ingest import lake_days, read_partitions
-from pipelines.scoring import score, to_matrix
-from pipelines.training import ranker_params
 
 ORDERS = 3
 
@@ -101,20 +100,8 @@ def with_fold_in(
 
 
 def mean_ndcg(train: pd.DataFrame, holdout: pd.DataFrame, columns: list[str], s: Settings):
-    import xgboost as xgb
-
-    params = {k: v for k, v in ranker_params(s).items() if k not in ("num_workers", "n_estimators")}
-    x, xh = to_matrix(train, columns), to_matrix(holdout, columns)
-    qid, label = train["query_id"].to_numpy(), train["label"].to_numpy()
-    scores = []
-    for k in range(ORDERS):
-        shuffle = np.random.default_rng(k).random(len(train))
-        order = np.lexsort((shuffle, qid))
-        data = xgb.DMatrix(x[order], label=label[order], qid=qid[order], missing=np.nan)
-        booster = xgb.train({**params, "nthread": 2}, data, s.n_estimators)
-        scored = holdout.assign(score=score(booster, xh))
-        metrics = evaluation.per_query_metrics(scored, "score", s.seed)
-        scores.append(evaluation.summarise(metrics)["ndcg@10"])
+    """Mean NDCG@10 of the DAG's parameters on three row orders, and each order's."""
+    scores = ranker_sweep.fits(train, holdout, columns, s, orders=ORDERS)
     return round(float(np.mean(scores)), 4), [round(v, 4) for v in scores]
 
 
