@@ -59,6 +59,17 @@ RECENT_ITEMS = 20
 USER_RECENT = [f"rp_u{k:02d}" for k in range(ALS_RANK)]
 USER_VECTORS = USER_FACTORS + USER_CONTENT + USER_RECENT  # the columns of the user factor view
 ITEM_VECTORS = ITEM_FACTORS + ITEM_CONTENT
+
+
+def column_span(columns: list[str], names: list[str]) -> slice:
+    """Where the contiguous ``names`` sit in a row laid out as ``columns``: the vectors'
+    positions by name, so that no reader assumes two of them have the same width."""
+    start = columns.index(names[0])
+    if columns[start : start + len(names)] != names:
+        raise ValueError(f"{names[0]}..{names[-1]} are not contiguous in the row")
+    return slice(start, start + len(names))
+
+
 ON_DEMAND_FEATURES: list[str] = ["genre_match", "als_score", "content_sim", "recent_sim"]
 USER_AFFINITY = [f"user_aff_{g}" for g in GENRE_SLOTS]
 ITEM_GENRES = [f"item_genre_{g}" for g in GENRE_SLOTS]

@@ -317,7 +317,11 @@ def fold_in_state(
         v_u = item_content[np.minimum(uniq, len(item_content) - 1)]
         v_u[uniq >= len(item_content)] = np.nan
     rank = len(contracts.USER_FACTORS)
-    out = np.full((len(days), len(contracts.USER_VECTORS)), np.nan)
+    vectors = contracts.USER_VECTORS
+    als_cols = contracts.column_span(vectors, contracts.USER_FACTORS)
+    content_cols = contracts.column_span(vectors, contracts.USER_CONTENT)
+    recent_cols = contracts.column_span(vectors, contracts.USER_RECENT)
+    out = np.full((len(days), len(vectors)), np.nan)
     for row, day in enumerate(days):
         end = int(np.searchsorted(ts, day * 86_400, side="left"))
         start = (
@@ -337,19 +341,19 @@ def fold_in_state(
         if has.any():
             yk, c = y[has], s.als_alpha * r_max[seen][has]
             a = gram + (yk * c[:, None]).T @ yk + s.als_reg * len(yk) * np.eye(rank)
-            out[row, :rank] = np.linalg.solve(a, ((1.0 + c)[:, None] * yk).sum(axis=0))
+            out[row, als_cols] = np.linalg.solve(a, ((1.0 + c)[:, None] * yk).sum(axis=0))
         if item_content is not None:
             v = v_u[seen]
             hv = ~np.isnan(v).any(axis=1)
             if hv.any():
                 age = (day * 86_400 - t_max[seen][hv]) / 86_400.0
                 w = np.power(0.5, age / s.content_half_life_days)
-                out[row, rank : 2 * rank] = (w[:, None] * v[hv]).sum(axis=0) / w.sum()
+                out[row, content_cols] = (w[:, None] * v[hv]).sum(axis=0) / w.sum()
         latest = seen[np.lexsort((uniq[seen], -t_max[seen]))][: contracts.RECENT_ITEMS]
         recent = y_u[latest]
         recent = recent[~np.isnan(recent).any(axis=1)]
         if len(recent):
-            out[row, 2 * rank :] = recent.mean(axis=0)
+            out[row, recent_cols] = recent.mean(axis=0)
     return out
 
 

@@ -49,14 +49,6 @@ CONTENT_SIM = contracts.MODEL_FEATURES.index("content_sim")
 RECENT_SIM = contracts.MODEL_FEATURES.index("recent_sim")
 
 
-def _span(columns: list[str], names: list[str]) -> slice:
-    """Where the contiguous ``names`` sit in a row laid out as ``columns``."""
-    start = columns.index(names[0])
-    if columns[start : start + len(names)] != names:
-        raise ValueError(f"{names[0]}..{names[-1]} are not contiguous in the row")
-    return slice(start, start + len(names))
-
-
 # The views each side of a request reads, in the order their columns are laid out: a user
 # row is the user's activity features then its factor view (ALS factors, content vector,
 # recent profile: contracts.USER_VECTORS), each view stamped on its own; an item row
@@ -71,11 +63,11 @@ USER_WIDTH = N_USER + len(contracts.USER_VECTORS)
 ITEM_WIDTH = N_ITEM + len(contracts.ITEM_VECTORS)
 USER_COLUMNS = [f for _, features in USER_VIEWS for f in features]
 ITEM_COLUMNS = [f for _, features in ITEM_VIEWS for f in features]
-USER_ALS = _span(USER_COLUMNS, contracts.USER_FACTORS)
-USER_CONTENT = _span(USER_COLUMNS, contracts.USER_CONTENT)
-USER_RECENT = _span(USER_COLUMNS, contracts.USER_RECENT)
-ITEM_ALS = _span(ITEM_COLUMNS, contracts.ITEM_FACTORS)
-ITEM_CONTENT = _span(ITEM_COLUMNS, contracts.ITEM_CONTENT)
+USER_ALS = contracts.column_span(USER_COLUMNS, contracts.USER_FACTORS)
+USER_CONTENT = contracts.column_span(USER_COLUMNS, contracts.USER_CONTENT)
+USER_RECENT = contracts.column_span(USER_COLUMNS, contracts.USER_RECENT)
+ITEM_ALS = contracts.column_span(ITEM_COLUMNS, contracts.ITEM_FACTORS)
+ITEM_CONTENT = contracts.column_span(ITEM_COLUMNS, contracts.ITEM_CONTENT)
 
 
 @dataclass

@@ -343,3 +343,26 @@ def test_fresh_user_rows_hold_the_content_vector_a_snapshot_on_their_day_would(s
         np.testing.assert_allclose(
             got[contracts.USER_CONTENT].to_numpy(), want.to_numpy(), rtol=1e-4, atol=1e-5
         )
+
+
+def test_fold_in_places_each_vector_by_name_whatever_their_widths(monkeypatch) -> None:
+    """Content vectors narrower than the ALS factors land in their own columns: the layout
+    comes from ``contracts.USER_VECTORS`` by name (a 32-factor ALS once broke this)."""
+    content = [f"cv_u{k:02d}" for k in range(8)]
+    monkeypatch.setattr(contracts, "USER_CONTENT", content)
+    vectors = contracts.USER_FACTORS + content + contracts.USER_RECENT
+    monkeypatch.setattr(contracts, "USER_VECTORS", vectors)
+    rng = np.random.default_rng(5)
+    y, v = rng.normal(size=(6, contracts.ALS_RANK)), rng.normal(size=(6, 8))
+    events = pd.DataFrame(
+        {"item_id": [0, 3, 5], "rating": [1.0, 2.0, 1.0], "timestamp": [DAY, 3 * DAY, 4 * DAY]}
+    )
+    settings = Settings(content_half_life_days=2.0)
+    out = factors.fold_in_state(events, [5], y, v, settings)
+    assert out.shape == (1, len(vectors))
+    w = 0.5 ** (np.array([4.0, 2.0, 1.0]) / 2.0)  # ages on day 5 of items 0, 3, 5
+    cols = contracts.column_span(vectors, content)
+    np.testing.assert_allclose(out[0, cols], (w[:, None] * v[[0, 3, 5]]).sum(0) / w.sum())
+    recent = contracts.column_span(vectors, contracts.USER_RECENT)
+    np.testing.assert_allclose(out[0, recent], y[[0, 3, 5]].mean(axis=0))
+    assert not np.isnan(out).any()
