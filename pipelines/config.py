@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     # lake's span (factors.grid_step): 180 days on ML-1M, 30 on a 180-day feed.
     als_every_days: int = 0
     als_window_days: int = 0
-    als_iterations: int = 10
+    # 5, not Spark's 10: on ML-1M with 32 factors, 10 steps scored the same (a three-order
+    # mean NDCG@10 of 0.4970 against 0.4973) for 40 s more of features (README).
+    als_iterations: int = 5
     als_reg: float = 0.1
     als_alpha: float = 1.0
     # A user's content vector weighs each engaged item by 0.5 ** (its age / this half-life).

@@ -42,8 +42,9 @@ ITEM_FEATURES: list[str] = [
     *(f"item_genre_{g}" for g in GENRE_SLOTS),
 ]
 # Collaborative factors (pipelines.factors): fixed slots, as the Feast schema needs. Only
-# their dot product (``als_score``) is a model input.
-ALS_RANK = 16
+# their dot product (``als_score``) is a model input. 32, not 16: on ML-1M the model's
+# three-order mean NDCG@10 went from 0.4883 to 0.4970, every order above every one at 16.
+ALS_RANK = 32
 USER_FACTORS = [f"als_u{k:02d}" for k in range(ALS_RANK)]
 ITEM_FACTORS = [f"als_i{k:02d}" for k in range(ALS_RANK)]
 # Content vectors (pipelines.factors): TF-IDF of an item's title words and topics, reduced by
