@@ -224,13 +224,23 @@ def content_vectors(spark: SparkSession, text: pd.DataFrame) -> DataFrame | None
     return out  # small; fit once, read by every snapshot of the run
 
 
-def user_content(before: DataFrame, item_vectors: DataFrame, day: int, half_life: float):
-    """Per user, the mean of the content vectors of the items it engaged with before ``day``,
-    each weighted by ``0.5 ** (age in days / half_life)`` of its latest engagement."""
+def latest_engagements(events: DataFrame, day: int) -> DataFrame:
+    """Per (user, item) engaged (rating > 0) before ``day``: its strongest rating and its
+    latest time (``rating``, ``ts``)."""
     from pyspark.sql import functions as F
 
-    engaged = before.where((F.col("rating") > 0) & (F.col("timestamp") < day * 86_400))
-    latest = engaged.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
+    engaged = events.where((F.col("rating") > 0) & (F.col("timestamp") < day * 86_400))
+    return engaged.groupBy("user_id", "item_id").agg(
+        F.max("rating").alias("rating"), F.max("timestamp").alias("ts")
+    )
+
+
+def user_content(latest: DataFrame, item_vectors: DataFrame, day: int, half_life: float):
+    """Per user, the mean of the content vectors of the items it engaged with before ``day``
+    (``latest``: :func:`latest_engagements` before ``day``), each weighted by
+    ``0.5 ** (age in days / half_life)`` of its latest engagement."""
+    from pyspark.sql import functions as F
+
     age = (F.lit(day * 86_400) - F.col("ts")) / 86_400.0
     weighted = latest.join(item_vectors, "item_id").select(
         "user_id", F.pow(F.lit(0.5), age / half_life).alias("w"), *contracts.ITEM_CONTENT
@@ -431,10 +441,12 @@ def fit_snapshot(
     from pyspark.sql import functions as F
 
     ts = F.col("timestamp")
-    before = events.where((F.col("rating") > 0) & (ts < day * 86_400))
+    window = events
     if settings.als_window_days:
-        before = before.where(ts >= (day - settings.als_window_days) * 86_400)
-    pairs = before.groupBy("user_id", "item_id").agg(F.max("rating").alias("rating"))
+        window = events.where(ts >= (day - settings.als_window_days) * 86_400)
+    # One aggregate of the events feeds the fit, the recent profiles and the content
+    # vectors, computed once (a shuffle of every event before the day; three before).
+    pairs = latest_engagements(window, day).localCheckpoint()
     if not pairs.limit(1).count():
         return None
     spark = events.sparkSession
@@ -464,8 +476,7 @@ def fit_snapshot(
 
     users = columns(model.userFactors, "user_id", contracts.USER_FACTORS)
     items = columns(model.itemFactors, "item_id", contracts.ITEM_FACTORS)
-    latest = before.groupBy("user_id", "item_id").agg(F.max("timestamp").alias("ts"))
-    users = users.join(recent_profiles(latest, items), "user_id", "left")
+    users = users.join(recent_profiles(pairs, items), "user_id", "left")
     if item_vectors is None:
         users = users.select(
             "*", *[F.lit(None).cast("float").alias(c) for c in contracts.USER_CONTENT]
@@ -475,7 +486,7 @@ def fit_snapshot(
             "*", *[F.lit(None).cast("float").alias(c) for c in contracts.ITEM_CONTENT]
         )
     else:
-        profiles = user_content(before, item_vectors, day, settings.content_half_life_days)
+        profiles = user_content(pairs, item_vectors, day, settings.content_half_life_days)
         users = users.join(profiles, "user_id", "full_outer")
         fresh = fold_in_rows(events, day, until, items, item_vectors, settings) if until else None
         # items that existed before the day (any event, a skipped impression too): what a

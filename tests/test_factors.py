@@ -312,7 +312,8 @@ def test_a_users_content_vector_weighs_recent_engagement_more(spark) -> None:
     item_vectors = spark.createDataFrame(vectors.rename_axis("item_id").reset_index())
     # item 0 engaged on days 0 and 40 (the latest counts), item 1 on day 10
     events = _events(spark, [(7, 0, 1.0, 0), (7, 1, 1.0, 10), (7, 0, 1.0, 40)])
-    got = factors.user_content(events, item_vectors, 60, half_life=10.0).toPandas()
+    latest = factors.latest_engagements(events, 60)
+    got = factors.user_content(latest, item_vectors, 60, half_life=10.0).toPandas()
     age0, age1 = 60 - 40 - 1 / 24, 60 - 10 - 1 / 24  # events sit at 01:00
     w0, w1 = 0.5 ** (age0 / 10), 0.5 ** (age1 / 10)
     assert got["user_id"].tolist() == [7]
@@ -336,7 +337,8 @@ def test_fresh_user_rows_hold_the_content_vector_a_snapshot_on_their_day_would(s
     fresh["day"] = fresh["event_timestamp"].map(lambda t: int(t.timestamp()) // DAY)
     assert fresh["day"].between(11, 29).all() and len(fresh) > 20
     for day in (11, 17, 29):
-        want = factors.user_content(events, item_vectors, day, 7.0).toPandas()
+        latest = factors.latest_engagements(events, day)
+        want = factors.user_content(latest, item_vectors, day, 7.0).toPandas()
         got = fresh[fresh["day"] == day]
         assert len(got) > 0
         want = want.set_index("user_id").loc[got["user_id"], contracts.USER_CONTENT]
