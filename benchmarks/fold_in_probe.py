@@ -35,7 +35,7 @@ ORDERS = 3
 
 
 def engaged_events(settings: Settings) -> pd.DataFrame:
-    """Every engaged event of the lake (rating > 0) in internal ids, with its day."""
+    """Every engaged event of the lake (rating > 0) in internal ids, with its time and day."""
     raw = read_partitions(settings, lake_days(settings))
     users = ids.read_mapping(catalog.USER_IDS.path(settings)).set_index("external_id")
     items = ids.read_mapping(catalog.ITEM_IDS.path(settings)).set_index("external_id")
@@ -45,6 +45,7 @@ def engaged_events(settings: Settings) -> pd.DataFrame:
             "user_id": raw["user_id"].astype(str).map(users["internal_id"]).to_numpy("int64"),
             "item_id": raw["item_id"].astype(str).map(items["internal_id"]).to_numpy("int64"),
             "rating": raw["rating"].to_numpy("float64"),
+            "timestamp": raw["timestamp"].to_numpy("int64"),
             "day": (raw["timestamp"] // 86_400).to_numpy("int64"),
         }
     )
