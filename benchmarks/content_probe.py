@@ -21,16 +21,15 @@ under ``CR_DATA_DIR``) prints one line per feature set and writes
 
 from __future__ import annotations
 
-import argparse
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmarks import ranker_sweep
-from benchmarks.fold_in_probe import engaged_events
+from benchmarks.fold_in_probe import load_run
 from benchmarks.serve_bench import machine
 from pipelines import catalog, contracts, factors
 from pipelines.config import Settings, get_settings
@@ -89,15 +88,7 @@ def with_probes(frame, events, vectors, settings: Settings) -> pd.DataFrame:
 
 def main() -> None:
     settings = get_settings()
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--date", type=date.fromisoformat, help="the run's logical date")
-    day = ap.parse_args().date or catalog.SUMMARY.dates(settings)[-1]
-    events = engaged_events(settings)
-    train = pd.read_parquet(catalog.TRAINING_SET.path(settings, date=day))
-    holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=day))
-    n_items = 1 + int(
-        max(events["item_id"].max(), train["item_id"].max(), holdout["item_id"].max())
-    )
+    day, events, train, holdout, n_items = load_run(settings, __doc__)
     vectors = item_vectors(settings, n_items)
     train = with_probes(train, events, vectors, settings)
     holdout = with_probes(holdout, events, vectors, settings)

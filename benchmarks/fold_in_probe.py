@@ -106,16 +106,25 @@ def mean_ndcg(train: pd.DataFrame, holdout: pd.DataFrame, columns: list[str], s:
     return round(float(np.mean(scores)), 4), [round(v, 4) for v in scores]
 
 
-def main() -> None:
-    settings = get_settings()
-    ap = argparse.ArgumentParser(description=__doc__)
+def load_run(settings: Settings, description: str | None):
+    """A probe's inputs: the run (``--date``, default the newest), the lake's engaged events,
+    the run's training set and holdout, and how many item ids they span."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--date", type=date.fromisoformat, help="the run's logical date")
     day = ap.parse_args().date or catalog.SUMMARY.dates(settings)[-1]
     events = engaged_events(settings)
     train = pd.read_parquet(catalog.TRAINING_SET.path(settings, date=day))
     holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=day))
-    n_items = int(max(events["item_id"].max(), train["item_id"].max(), holdout["item_id"].max()))
-    snapshots = item_factors(settings, n_items + 1)
+    n_items = 1 + int(
+        max(events["item_id"].max(), train["item_id"].max(), holdout["item_id"].max())
+    )
+    return day, events, train, holdout, n_items
+
+
+def main() -> None:
+    settings = get_settings()
+    _, events, train, holdout, n_items = load_run(settings, __doc__)
+    snapshots = item_factors(settings, n_items)
     train = with_fold_in(train, events, snapshots, settings)
     holdout = with_fold_in(holdout, events, snapshots, settings)
     model = list(contracts.MODEL_FEATURES)
