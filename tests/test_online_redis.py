@@ -37,12 +37,24 @@ DAYS = [datetime(2024, 3, d, tzinfo=UTC) for d in range(1, 11)]
 USERS, ITEMS = 200, 300
 
 
-def _snapshots(key: str, features: list[str], entities: int, seed: int) -> pd.DataFrame:
+def _snapshots(
+    key: str, features: list[str], entities: int, seed: int, vectors: tuple[list[str], ...] = ()
+) -> pd.DataFrame:
+    """Random rows on random days, 5 % of the values null; a vector's (``vectors``) null as
+    a whole, as a real one is (an item no one engaged with has no ALS factors), so that
+    the scores built from 32 values each are not null on nearly every row."""
     rng = np.random.default_rng(seed)
     rows = [(e, day) for e in range(entities) for day in DAYS if rng.random() < 0.4]
     frame = pd.DataFrame(rows, columns=[key, "event_timestamp"])
     values = rng.random((len(frame), len(features))).astype(np.float32)
-    values[rng.random(values.shape) < 0.05] = np.nan
+    grouped = [features.index(c) for vector in vectors for c in vector]
+    scalar = np.setdiff1d(np.arange(len(features)), grouped)
+    values[:, scalar] = np.where(
+        rng.random((len(frame), len(scalar))) < 0.05, np.nan, values[:, scalar]
+    )
+    for vector in vectors:
+        span = [features.index(c) for c in vector]
+        values[np.ix_(rng.random(len(frame)) < 0.05, span)] = np.nan
     return pd.concat([frame, pd.DataFrame(values, columns=features)], axis=1)
 
 
@@ -68,8 +80,20 @@ def stores(data_dir, connection: str) -> Iterator[tuple]:
 
     users = _snapshots("user_id", contracts.USER_FEATURES, USERS, 1)
     items = _snapshots("item_id", contracts.ITEM_FEATURES, ITEMS, 2)
-    user_factors = _snapshots("user_id", contracts.USER_VECTORS, USERS, 3)
-    item_factors = _snapshots("item_id", contracts.ITEM_VECTORS, ITEMS, 4)
+    user_factors = _snapshots(
+        "user_id",
+        contracts.USER_VECTORS,
+        USERS,
+        3,
+        (contracts.USER_FACTORS, contracts.USER_CONTENT, contracts.USER_RECENT),
+    )
+    item_factors = _snapshots(
+        "item_id",
+        contracts.ITEM_VECTORS,
+        ITEMS,
+        4,
+        (contracts.ITEM_FACTORS, contracts.ITEM_CONTENT),
+    )
     with (
         feast_repo(data_dir, users, items, user_factors, item_factors) as sqlite,
         postgres_database() as registry,
