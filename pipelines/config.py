@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     als_every_days: int = 0
     als_window_days: int = 0
     # 5, not Spark's 10: on ML-1M with 32 factors, 10 steps scored the same (a three-order
-    # mean NDCG@10 of 0.4970 against 0.4973) for 40 s more of features (README).
+    # mean NDCG@10 of 0.4970 against 0.4973) for about 30 s more of features (README).
     als_iterations: int = 5
     als_reg: float = 0.1
     als_alpha: float = 1.0
