@@ -84,10 +84,11 @@ def diagnose(holdout: pd.DataFrame, scores: np.ndarray, seed: int) -> dict[str, 
     rng = np.random.default_rng(seed)
     positive = holdout["label"].to_numpy() > 0
     first = holdout.assign(score=positive + 0.5 * rng.random(len(holdout)))
-    per_query = evaluation.per_query_metrics(holdout.assign(score=scores), "score", seed)
+    scored = holdout.assign(score=scores)
+    per_query = evaluation.per_query_metrics(scored, "score", seed)
     n_positive = pd.Series(positive).groupby(holdout["query_id"].to_numpy()).sum()
     one = per_query["query_id"].map(n_positive).to_numpy() == 1
-    rank = holdout.assign(score=scores).groupby("query_id")["score"].rank(ascending=False)
+    rank = scored.groupby("query_id")["score"].rank(ascending=False)
     als = holdout["als_score"]
     return {
         "positives_first_ndcg@10": evaluation.summarise(
