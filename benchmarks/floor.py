@@ -32,8 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serving.contract import MAX_ITEMS
+
 HOST = "127.0.0.1"
-MAX_ITEMS = 1000  # serving.service.MAX_ITEMS, not imported: that would load BentoML here
 FIELDS = {"user_id", "item_ids", "k"}
 
 

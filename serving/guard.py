@@ -101,18 +101,18 @@ def _headers_only(send: Send) -> Send:
     return head
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
     """``receive`` that gives the body read already, then what the client sends next."""
     sent = False
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return replayed
 
 
 def document(spec: dict, routes: set[str]) -> dict:
@@ -164,7 +164,7 @@ class RequestGuard:
                     return
                 if body is _GONE:  # the client left mid-body: nothing to answer
                     return
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
         await self.app(scope, receive, self._errors_in_shape(send))
 
     @property

@@ -9,7 +9,6 @@ rollback reaches a running server without a restart. Serving never trains.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import threading
@@ -20,69 +19,26 @@ from typing import Any
 
 import anyio
 import bentoml
+import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from pipelines import catalog, contracts
 from pipelines.config import Settings, get_settings
+from serving.contract import (
+    MAX_BODY_BYTES,
+    LeanRankRequest,
+    ModelVersionResponse,
+    RankRequest,
+    RankResponse,
+)
 from serving.guard import RequestGuard
+from serving.lean import LeanRoute
 from serving.online import stat_key as _stat_key
 
 log = logging.getLogger("content_ranker.serving")
 
-MAX_ITEMS = 1000
-# The largest request body the API routes read (serving.guard answers 413 past it): 1000
-# item ids of up to a few hundred characters fit with room to spare.
-MAX_BODY_BYTES = 1 << 20
 PINNED_TAG_ENV = "CR_MODEL_TAG"
-
-
-# --- the API contract ----------------------------------------------------------------------
-
-
-class RankRequest(BaseModel):
-    """Rank ``item_ids`` for ``user_id``; return the best ``k`` (all if omitted)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    user_id: str = Field(min_length=1, description="External user id.")
-    item_ids: list[str] = Field(
-        min_length=1, max_length=MAX_ITEMS, description="External item ids to rank."
-    )
-    k: int | None = Field(default=None, ge=1, description="How many items to return.")
-
-
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
-
-
-class RankResponse(BaseModel):
-    model_version: str = Field(description="The BentoML tag of the model that scored.")
-    items: list[ScoredItem] = Field(description="Known items, best first, at most k.")
-    unknown_item_ids: list[str] = Field(description="Requested items with no internal id.")
-    fallback: bool = Field(
-        description="True when the user is unknown, or the online store could not be read: "
-        "scored by popularity."
-    )
-    online_store_unavailable: bool = Field(
-        default=False,
-        description="The online store did not answer: popularity from the item features "
-        "held in memory, no user features.",
-    )
-    stale_user: bool = Field(
-        default=False,
-        description="The user's features were older than their TTL: scored as missing.",
-    )
-    stale_item_ids: list[str] = Field(
-        default_factory=list, description="Items whose features were older than their TTL."
-    )
-
-
-class ModelVersionResponse(BaseModel):
-    model_version: str
-    metadata: dict[str, Any]
 
 
 # --- state that follows files on disk ---------------------------------------------------------
@@ -215,6 +171,18 @@ def _unavailable(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=503)
 
 
+_JSON = msgspec.json.Encoder()
+
+
+async def _lean_rank(request: LeanRankRequest) -> tuple[int, bytes] | None:
+    """``/rank`` for ``serving.lean``: the running service's answer (None before it runs)."""
+    try:
+        service = bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:
+        return None
+    return await service.answer(request.user_id, request.item_ids, request.k)
+
+
 REQUEST_SECONDS = bentoml.metrics.Histogram(
     name="rank_request_seconds",
     documentation="Time inside /rank, by phase (features, model, total).",
@@ -282,17 +250,22 @@ class Ranker:
     @bentoml.api(input_spec=RankRequest, route="/rank")
     async def rank(self, user_id: str, item_ids: list[str], k: int | None = None) -> RankResponse:
         """Score the known items for the user, best first; unknown users get popularity."""
+        status, body = await self.answer(user_id, item_ids, k)
+        return Response(body, status_code=status, media_type="application/json")
+
+    async def answer(self, user_id: str, item_ids: list[str], k: int | None) -> tuple[int, bytes]:
+        """``/rank``'s status and JSON body, for BentoML's route and for ``serving.lean``'s."""
         if self.path == "fast":  # ~1 ms of CPU: cheaper on the event loop than a thread hop
             return self._rank(user_id, item_ids, k)
         return await anyio.to_thread.run_sync(self._rank, user_id, item_ids, k)
 
-    def _rank(self, user_id: str, item_ids: list[str], k: int | None) -> RankResponse:
+    def _rank(self, user_id: str, item_ids: list[str], k: int | None) -> tuple[int, bytes]:
         from pipelines.scoring import score
 
         started = time.perf_counter()
         model = self.model.refresh()  # this request finishes on this model
         if model is None:
-            return _unavailable(self.model.error or "no model loaded")
+            return 503, _JSON.encode({"error": self.model.error or "no model loaded"})
         tag = model.tag
 
         item_map, user_map = self.items.get(), self.users.get()
@@ -337,7 +310,7 @@ class Ranker:
             "stale_user": bool(batch.user_stale),
             "stale_item_ids": [known[i] for i in np.flatnonzero(batch.item_stale)],
         }
-        return Response(json.dumps(body), media_type="application/json")
+        return 200, _JSON.encode(body)
 
     @bentoml.api(input_spec=RankRequest, route="/echo")
     async def echo(self, user_id: str, item_ids: list[str], k: int | None = None) -> dict:
@@ -354,7 +327,9 @@ class Ranker:
         return ModelVersionResponse(model_version=model.tag, metadata=short)
 
 
-# Bad media types, oversized bodies and the shape of 4xx bodies, before BentoML sees them.
+# Bad media types, oversized bodies and the shape of 4xx bodies, before BentoML sees them;
+# then valid /rank bodies answered without BentoML's request path (serving.lean).
 Ranker.add_asgi_middleware(
     RequestGuard, routes=["/rank", "/echo", "/model_version"], max_body_bytes=MAX_BODY_BYTES
 )
+Ranker.add_asgi_middleware(LeanRoute, route="/rank", body=LeanRankRequest, handler=_lean_rank)
