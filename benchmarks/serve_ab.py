@@ -74,10 +74,11 @@ def main() -> None:
         return
     if args.other is None:
         ap.error("--other is required")
-    sides = {"this": PROJECT_ROOT, "other": args.other.resolve()}
+    sides = [("this", PROJECT_ROOT), ("other", args.other.resolve())]
     rounds = []
     for k in range(args.rounds):
-        for name, root in sides.items():
+        # ABBA: a machine that drifts one way within the hour favours neither side
+        for name, root in sides if k % 2 == 0 else sides[::-1]:
             result = _side(root)
             rounds.append({"round": k, "side": name, "root": str(root), **result})
             print(json.dumps(rounds[-1]), flush=True)

@@ -48,7 +48,9 @@ class LeanRoute:
             return
         try:
             request = self.decoder.decode(body)
-        except msgspec.DecodeError:  # ValidationError too: BentoML words the 4xx
+        # ValidationError is a DecodeError; bytes that are not UTF-8 raise UnicodeDecodeError
+        # (msgspec#714). Either way BentoML's route words the 4xx.
+        except (msgspec.DecodeError, UnicodeDecodeError):
             await self.app(scope, replay(body, receive), send)
             return
         answer = await self.handler(request)

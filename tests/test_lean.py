@@ -42,8 +42,9 @@ def test_a_valid_body_in_chunks_is_answered_by_the_handler_not_the_app():
     "body",
     [b"{not json", b'{"item_ids": ["i1"]}', b'{"user_id": "u1", "item_ids": []}',
      b'{"user_id": "u1", "item_ids": ["i1"], "k": 0}', b'{"user_id": "u1", "item_ids": ["i1"], "x": 1}',
-     b'{"user_id": "u1", "item_ids": ["i1"], "k": NaN}', b""],
-    ids=["invalid", "no-user", "empty", "k0", "extra", "nan", "no-body"],
+     b'{"user_id": "u1", "item_ids": ["i1"], "k": NaN}', b"",
+     b'{"user_id": "\xff", "item_ids": ["i1"]}'],
+    ids=["invalid", "no-user", "empty", "k0", "extra", "nan", "no-body", "not-utf8"],
 )  # fmt: skip
 def test_a_body_msgspec_refuses_reaches_the_app_whole(body):
     app, calls = App(status=400, reply=b'{"error": "from the app"}'), []
@@ -143,3 +144,19 @@ def test_valid_bodies_decode_alike(raw):
     lean = msgspec.json.decode(raw, type=LeanRankRequest)
     full = RankRequest.model_validate_json(raw)
     assert (lean.user_id, lean.item_ids, lean.k) == (full.user_id, full.item_ids, full.k)
+
+
+def test_the_two_models_state_the_same_limits():
+    """The limits of each field, as each model's JSON schema states them."""
+    lean = msgspec.json.schema(LeanRankRequest)["$defs"]["LeanRankRequest"]
+    full = RankRequest.model_json_schema()
+    assert set(lean["properties"]) == set(full["properties"])
+    assert set(lean["required"]) == set(full["required"])
+    assert lean["properties"]["user_id"]["minLength"] == full["properties"]["user_id"]["minLength"]
+    for bound in ("minItems", "maxItems"):
+        assert lean["properties"]["item_ids"][bound] == full["properties"]["item_ids"][bound]
+    lean_k = next(t for t in lean["properties"]["k"]["anyOf"] if t["type"] == "integer")
+    full_k = next(t for t in full["properties"]["k"]["anyOf"] if t["type"] == "integer")
+    assert lean_k["minimum"] == full_k["minimum"] == 1
+    assert lean.get("additionalProperties") is False
+    assert full.get("additionalProperties") is False

@@ -254,9 +254,11 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
         ("/model_version", b"x", {"content-type": "multipart/form-data"}, 415, "multipart"),
         ("/rank", b'{"user_id": "u1", "item_ids": ["i1"]}', {"content-type": "text/plain"}, 415, "text/plain"),
         ("/rank", b"{}", {**JSON, "content-length": "ten"}, 400, "Content-Length"),
+        # not UTF-8: msgspec raises UnicodeDecodeError, which serving.lean hands on too
+        ("/rank", b'{"user_id": "\xff", "item_ids": ["i1"]}', JSON, 400, "invalid unicode"),
     ],
     ids=["invalid", "deep", "deep-field", "nan", "multipart", "multipart-echo",
-         "multipart-version", "text", "bad-length"],
+         "multipart-version", "text", "bad-length", "not-utf8"],
 )  # fmt: skip
 def test_bad_requests_get_a_clear_4xx_in_the_documented_shape(
     client, route, content, headers, status, says
