@@ -347,6 +347,47 @@ def test_fresh_user_rows_hold_the_content_vector_a_snapshot_on_their_day_would(s
         )
 
 
+@pytest.mark.parametrize("batch_rows", [2, 7, 10_000])
+def test_fresh_rows_come_out_whole_however_arrow_batches_split_a_users_events(
+    spark, batch_rows
+) -> None:
+    """The fold-in takes a partition's users in Arrow batches, and a user's events may run
+    from one batch into the next: each user's rows are still :func:`fold_in_state` on all
+    of its events, for each day after one it engaged on."""
+    settings = Settings()
+    rng = np.random.default_rng(5)
+    als = pd.DataFrame(rng.normal(size=(30, contracts.ALS_RANK)), columns=contracts.ITEM_FACTORS)
+    item_factors = spark.createDataFrame(als.rename_axis("item_id").reset_index())
+    rows = _world(13, range(0, 30), users=10)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, str(batch_rows))
+    try:
+        fresh = factors.fold_in_rows(_events(spark, rows), 10, 30, item_factors, None, settings)
+        fresh = fresh.toPandas()
+    finally:
+        spark.conf.set(key, before)
+    fresh["day"] = fresh["event_timestamp"].map(lambda t: int(t.timestamp()) // DAY)
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "day"])
+    events = events[events["day"] < 29].assign(timestamp=lambda e: e["day"] * DAY + 3_600)
+    expected = 0
+    for user, mine in events.groupby("user_id"):
+        days = sorted({int(d) + 1 for d in mine["day"] if d >= 10})
+        if not days:
+            continue
+        want = factors.fold_in_state(mine, days, als.to_numpy(), None, settings)
+        got = fresh[fresh["user_id"] == user].sort_values("day")
+        assert got["day"].tolist() == days
+        np.testing.assert_allclose(
+            got[contracts.USER_VECTORS].to_numpy("float64"),
+            want.astype("float32"),
+            rtol=1e-6,
+            equal_nan=True,
+        )
+        expected += len(days)
+    assert len(fresh) == expected > 20
+
+
 def test_fold_in_places_each_vector_by_name_whatever_their_widths(monkeypatch) -> None:
     """Content vectors narrower than the ALS factors land in their own columns: the layout
     comes from ``contracts.USER_VECTORS`` by name (a 32-factor ALS once broke this)."""
