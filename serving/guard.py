@@ -35,7 +35,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_TYPES = {"application/json"}
 READS = {"/model_version"}  # POST-only BentoML routes that also answer GET and HEAD
 DOCUMENT = "/docs.json"
-_GONE = b"\0gone"  # _read_limited's answer when the client disconnects mid-body
 ERROR_SCHEMA = {"$ref": "#/components/schemas/InvalidArgument"}  # {"error", "detail"}
 GUARD_ERRORS = {"413": "Payload Too Large", "415": "Unsupported Media Type"}
 
@@ -101,6 +100,27 @@ def _headers_only(send: Send) -> Send:
     return head
 
 
+class BodyTooLarge(Exception):
+    """A request body ran past its limit."""
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None when the client disconnects before its end. Raises
+    ``BodyTooLarge`` as soon as it runs past ``limit`` bytes (None: no limit)."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if limit is not None and seen > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """``receive`` that gives the body read already, then what the client sends next."""
     sent = False
@@ -158,11 +178,12 @@ class RequestGuard:
                 await _reply(send, *problem)
                 return
             if not declared:  # chunked: read it here, within the limit, then replay it
-                body = await self._read_limited(receive)
-                if body is None:
+                try:
+                    body = await read_body(receive, self.max_body_bytes)
+                except BodyTooLarge:
                     await _reply(send, 413, "Payload Too Large", self._too_large)
                     return
-                if body is _GONE:  # the client left mid-body: nothing to answer
+                if body is None:  # the client left mid-body: nothing to answer
                     return
                 receive = replay(body, receive)
         await self.app(scope, receive, self._errors_in_shape(send))
@@ -193,22 +214,6 @@ class RequestGuard:
                     return (413, "Payload Too Large", self._too_large), declared
                 declared = True
         return None, declared
-
-    async def _read_limited(self, receive: Receive) -> bytes | None:
-        """The whole body; None as soon as it runs past the limit, ``_GONE`` if the client
-        disconnected before its end."""
-        chunks, seen = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return _GONE
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
     def _document(self, body: bytes, _status: int) -> bytes:
         return json.dumps(document(json.loads(body), self.routes)).encode()

@@ -332,4 +332,10 @@ class Ranker:
 Ranker.add_asgi_middleware(
     RequestGuard, routes=["/rank", "/echo", "/model_version"], max_body_bytes=MAX_BODY_BYTES
 )
-Ranker.add_asgi_middleware(LeanRoute, route="/rank", body=LeanRankRequest, handler=_lean_rank)
+Ranker.add_asgi_middleware(
+    LeanRoute,
+    route="/rank",
+    body=LeanRankRequest,
+    handler=_lean_rank,
+    server=f"BentoML Service/{Ranker.name}",  # the Server header of BentoML's answers
+)

@@ -71,6 +71,24 @@ def test_no_handler_yet_lets_the_app_answer():
     assert app.calls == [("POST", VALID)]
 
 
+def test_an_exception_in_the_handler_is_logged_and_answered_as_bentoml_answers_it(caplog):
+    app = App()
+
+    async def handler(request):
+        raise RuntimeError("the model broke")
+
+    lean = LeanRoute(app, route="/rank", body=LeanRankRequest, handler=handler, server="S/1")
+    with caplog.at_level("ERROR", logger="serving.lean"):
+        status, headers, body = _run(lean, _scope(), [VALID])
+    assert status == 500 and headers[b"content-type"] == b"application/json"
+    assert json.loads(body) == {
+        "error": "An unexpected error has occurred, please check the server log."
+    }
+    assert headers[b"server"] == b"S/1"
+    assert "the model broke" in caplog.text  # the traceback is in the log, not the body
+    assert app.calls == []
+
+
 def test_a_client_that_leaves_mid_body_gets_nothing():
     app, calls = App(), []
     assert _run(_lean(app, calls), _scope(), [VALID[:9]], disconnect=True) is None

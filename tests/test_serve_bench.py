@@ -418,6 +418,24 @@ def test_the_max_rate_goal_is_decided_only_where_the_bounds_decide_it(fast, base
     assert target["fast_max_rate_ge_0_5x_floor"] is met
 
 
+@pytest.mark.parametrize(
+    ("c1_cpu", "at_300_cpu", "steps", "met"),
+    [
+        (1.9, 2.0, [100, 300], True),
+        (2.1, 1.5, [100, 300], False),  # one busy connection over the goal
+        (1.5, 2.1, [100, 300], False),  # 300 RPS over the goal
+        (1.5, None, [100, 300], False),  # 300 RPS answered nothing: no CPU per request
+        (1.5, 1.5, [100, 200], None),  # 300 RPS never ran: not measured
+    ],
+)
+def test_the_cpu_goal_holds_at_one_busy_connection_and_at_300_rps(c1_cpu, at_300_cpu, steps, met):
+    fast = measured(
+        [step(r, 5.0, cpu=at_300_cpu if r == 300 else 9.0) for r in steps], {1: (2.0, c1_cpu)}
+    )
+    target = sb.targets({"fast": fast}, {"at_rate": None}, None)
+    assert target["fast_cpu_le_2ms_per_request_at_c1_and_300rps"] is met
+
+
 def test_no_floor_is_not_measured():
     paths = {"fast": path([step(100, 4.0)])}
     assert (

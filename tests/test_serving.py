@@ -171,6 +171,10 @@ def test_rank_known_user(client, world):
     assert sorted(it["item_id"] for it in body["items"]) == sorted(ALL_ITEMS)
     assert scores == sorted(scores, reverse=True)
     assert all(np.isfinite(scores))
+    # serving.lean answered it; BentoML's route answers the refused bodies: same Server
+    refused = client.post("/rank", json={"user_id": "u1", "item_ids": []})
+    assert refused.status_code == 400
+    assert resp.headers["server"] == refused.headers["server"] == "BentoML Service/content_ranker"
 
 
 def test_rank_matches_offline_scoring(client, world):
