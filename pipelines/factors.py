@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 PARTITION = "factor_day"  # the snapshot's day number; the folder name of its partition
 # The content vectors' method; part of content_key, so changing it refits every snapshot.
 CONTENT_METHOD = "tfidf-l2-pca-centred-v2"  # v2: axes from numpy
+# fold_in_rows' groups of users: a Python call each, so few enough to cost nothing per
+# call, and small enough to hold in a worker (a period's history of the 16M feed is a few
+# million rows: some tens of thousands per group)
+FOLD_IN_BUCKETS = 64
 
 
 # The steps an automatic grid picks from (days): a calendar-like few, so that a lake that
@@ -396,12 +400,14 @@ def fold_in_rows(
     item_factors: DataFrame,
     item_vectors: DataFrame | None,
     settings: Settings,
+    buckets: int = FOLD_IN_BUCKETS,
 ) -> DataFrame | None:
     """Fresh user rows between two snapshots: for each user that engaged on a day ``a`` in
     [``day``, ``until - 2``], a row stamped ``a + 1`` with its vectors then
     (:func:`fold_in_state`, against snapshot ``day``'s item factors). A query between
     snapshots so joins the user's taste as of the day before it, as serving (a fresh
-    snapshot every day) does, not as of a grid step ago. None when no day lies between."""
+    snapshot every day) does, not as of a grid step ago. None when no day lies between.
+    The users are folded in ``buckets`` groups (by a hash of their id), one Python call each."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -424,11 +430,13 @@ def fold_in_rows(
     gram = np.nan_to_num(y).T @ np.nan_to_num(y)  # once per snapshot, not per user
 
     def fold(rows: pd.DataFrame) -> pd.DataFrame:
-        """Every user of ``rows`` (not empty; whole users, each one's rows together)."""
+        """Every user of one bucket (``rows`` holds each of them whole, in any order)."""
         user = rows["user_id"].to_numpy("int64")
-        item = rows["item_id"].to_numpy("int64")
-        rating = rows["rating"].to_numpy("float64")
-        ts = rows["timestamp"].to_numpy("int64")
+        order = np.argsort(user, kind="stable")
+        user = user[order]
+        item = rows["item_id"].to_numpy("int64")[order]
+        rating = rows["rating"].to_numpy("float64")[order]
+        ts = rows["timestamp"].to_numpy("int64")[order]
         bounds = [*np.flatnonzero(user[1:] != user[:-1]) + 1, len(user)]
         out_users, out_days, states, start = [], [], [], 0
         for end in bounds:
@@ -447,32 +455,18 @@ def fold_in_rows(
         frame.insert(0, "user_id", np.concatenate(out_users))
         return frame
 
-    def per_batch(batches):
-        """Arrow batches of a partition sorted by user: a user's rows may run from one
-        batch into the next, so the last user of a batch waits for the next one."""
-        carry = None
-        for batch in batches:
-            if carry is not None:
-                batch = pd.concat([carry, batch], ignore_index=True)
-            if not len(batch):
-                continue
-            user = batch["user_id"].to_numpy("int64")
-            last = int(np.flatnonzero(user != user[-1])[-1]) + 1 if user[0] != user[-1] else 0
-            if last:
-                yield fold(batch.iloc[:last])
-            carry = batch.iloc[last:]
-        if carry is not None and len(carry):
-            yield fold(carry)
-
     schema = T.StructType(
         [T.StructField("user_id", T.LongType()), T.StructField("stamp", T.LongType())]
         + [T.StructField(c, T.FloatType()) for c in contracts.USER_VECTORS]
     )
-    # Many users per Python call: applyInPandas by user made a pandas frame in and out
-    # per user, which cost more than the fold-in itself (53 s of a period's fresh rows on
-    # the 4M feed; the README has the measure).
-    grouped = history.repartition("user_id").sortWithinPartitions("user_id")
-    rows = grouped.mapInPandas(per_batch, schema)
+    # Many users per Python call, grouped by a hash bucket of the user: applyInPandas by
+    # user made a pandas frame in and out per user, which cost more than the fold-in
+    # itself (53 s of a period's fresh rows on the 4M feed; the README has the measure).
+    # A group is a requirement Spark keeps whole, where a repartition by user is a hint
+    # that it may drop (the semi join above is partitioned by user already) and AQE may
+    # then undo (a join turned into a broadcast at run time reads its input unshuffled).
+    bucket = F.pmod(F.xxhash64("user_id"), F.lit(buckets))
+    rows = history.withColumn("_bucket", bucket).groupBy("_bucket").applyInPandas(fold, schema)
     return rows.select(
         "user_id",
         F.timestamp_seconds("stamp").alias("event_timestamp"),

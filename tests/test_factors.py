@@ -347,26 +347,34 @@ def test_fresh_user_rows_hold_the_content_vector_a_snapshot_on_their_day_would(s
         )
 
 
-@pytest.mark.parametrize("batch_rows", [2, 7, 10_000])
-def test_fresh_rows_come_out_whole_however_arrow_batches_split_a_users_events(
-    spark, batch_rows
+@pytest.mark.parametrize(
+    ("buckets", "broadcast_at_run_time"), [(1, False), (3, False), (64, False), (3, True)]
+)
+def test_fresh_rows_come_out_whole_however_the_users_are_grouped(
+    spark, buckets, broadcast_at_run_time
 ) -> None:
-    """The fold-in takes a partition's users in Arrow batches, and a user's events may run
-    from one batch into the next: each user's rows are still :func:`fold_in_state` on all
-    of its events, for each day after one it engaged on."""
+    """The fold-in takes many users per Python call (a bucket of users each): each user's
+    rows are :func:`fold_in_state` on all of its events, for each day after one it engaged
+    on, once. Also when AQE turns the semi join on users into a broadcast at run time,
+    which reads the events unshuffled (a repartition by user would have been dropped)."""
     settings = Settings()
     rng = np.random.default_rng(5)
     als = pd.DataFrame(rng.normal(size=(30, contracts.ALS_RANK)), columns=contracts.ITEM_FACTORS)
     item_factors = spark.createDataFrame(als.rename_axis("item_id").reset_index())
     rows = _world(13, range(0, 30), users=10)
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, str(batch_rows))
+    conf = {"spark.sql.autoBroadcastJoinThreshold": "-1"}  # planned as a sort-merge join
+    if broadcast_at_run_time:
+        conf["spark.sql.adaptive.autoBroadcastJoinThreshold"] = "10MB"
+    before = {k: spark.conf.get(k, None) for k in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
     try:
-        fresh = factors.fold_in_rows(_events(spark, rows), 10, 30, item_factors, None, settings)
+        events = _events(spark, rows).repartition(4)
+        fresh = factors.fold_in_rows(events, 10, 30, item_factors, None, settings, buckets)
         fresh = fresh.toPandas()
     finally:
-        spark.conf.set(key, before)
+        for key, value in before.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
     fresh["day"] = fresh["event_timestamp"].map(lambda t: int(t.timestamp()) // DAY)
     events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "day"])
     events = events[events["day"] < 29].assign(timestamp=lambda e: e["day"] * DAY + 3_600)
@@ -377,7 +385,7 @@ def test_fresh_rows_come_out_whole_however_arrow_batches_split_a_users_events(
             continue
         want = factors.fold_in_state(mine, days, als.to_numpy(), None, settings)
         got = fresh[fresh["user_id"] == user].sort_values("day")
-        assert got["day"].tolist() == days
+        assert got["day"].tolist() == days  # each day once
         np.testing.assert_allclose(
             got[contracts.USER_VECTORS].to_numpy("float64"),
             want.astype("float32"),
