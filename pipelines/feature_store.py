@@ -121,12 +121,19 @@ def latest_rows(
     return newest.select(key, "_row.*")
 
 
+def batch_rows(settings: Settings, width: int) -> int:
+    """Rows per online write batch for a view of ``width`` features: the same number of
+    values (each a protobuf object in Feast's write path) whatever the width."""
+    return max(1, settings.online_write_batch_values // width)
+
+
 def load_online(
     settings: Settings, store: FeatureStore, view_name: str, start: datetime, end: datetime
 ) -> int:
     """Materialize one feature view from Spark: :func:`latest_rows` is staged as parquet
     by Spark, then streamed to Feast's online store (``write_to_online_store``, whatever
-    store the environment configures) ``online_write_batch_rows`` rows at a time.
+    store the environment configures) in batches of ``online_write_batch_values`` values
+    (rows times the view's features).
 
     Feast's own ``materialize`` on the file store loads the whole offline table into
     the driver in pandas; here the driver holds one batch. The interval is recorded in
@@ -148,9 +155,8 @@ def load_online(
     snapshots = spark.read.parquet(source_path(store, view.batch_source)).select(*columns)
     latest_rows(snapshots, key, ts, start, end).write.mode("overwrite").parquet(str(staged))
     written = 0
-    for batch in ds.dataset(staged, format="parquet").to_batches(
-        batch_size=settings.online_write_batch_rows
-    ):
+    rows = batch_rows(settings, len(view.features))
+    for batch in ds.dataset(staged, format="parquet").to_batches(batch_size=rows):
         if batch.num_rows:
             store.write_to_online_store(view_name, df=batch.to_pandas())
             written += batch.num_rows

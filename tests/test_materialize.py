@@ -72,6 +72,18 @@ def test_spark_materialize_writes_what_feast_materialize_writes(tmp_path, tables
     assert int(DAYS[8].timestamp()) not in stamps
 
 
+@pytest.mark.parametrize(
+    ("values", "width", "rows"), [(2_400_000, 48, 50_000), (2_400_000, 96, 25_000), (10, 96, 1)]
+)
+def test_a_batch_holds_the_same_number_of_values_however_wide_the_view(values, width, rows):
+    """Feast makes a protobuf object per feature value: a wider view gets fewer rows a batch."""
+    from pipelines import feature_store
+    from pipelines.config import Settings
+
+    settings = Settings(online_write_batch_values=values)
+    assert feature_store.batch_rows(settings, width) == rows
+
+
 def test_materialize_streams_in_batches_and_records_the_interval_in_feasts_registry(
     tmp_path, tables, spark
 ):
@@ -79,7 +91,10 @@ def test_materialize_streams_in_batches_and_records_the_interval_in_feasts_regis
 
     with feast_repo(tmp_path, *tables) as settings:
         feature_store.apply(settings)
-        batched = settings.model_copy(update={"online_write_batch_rows": 7})
+        store = feature_store.open_store(settings)
+        width = len(store.get_feature_view(contracts.ITEM_VIEW).features)
+        batched = settings.model_copy(update={"online_write_batch_values": 7 * width})
+        assert feature_store.batch_rows(batched, width) == 7
         window = feature_store.materialize(batched, START, END + timedelta(seconds=1))
         assert window["rows"][contracts.ITEM_VIEW] > 7 * 10  # many batches
         store = feature_store.open_store(settings)
