@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 # (decoded request) -> (status, JSON body); None: no handler yet, let the app answer
 Handler = Callable[[Any], Awaitable[tuple[int, bytes] | None]]
-# BentoML's route's answer to an exception in a handler (_bentoml_impl.server.app)
-UNEXPECTED = b'{"error": "An unexpected error has occurred, please check the server log."}'
+# BentoML's route's answer to an exception in a handler (_bentoml_impl.server.app), as
+# Starlette's JSONResponse writes it
+UNEXPECTED = b'{"error":"An unexpected error has occurred, please check the server log."}'
 
 
 class LeanRoute:
