@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pipelines import contracts
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
@@ -42,6 +46,58 @@ def drift_report(
 ) -> dict[str, float]:
     """PSI per feature of ``current`` against ``reference``."""
     return {f: round(psi(reference[f].to_numpy(), current[f].to_numpy()), 4) for f in features}
+
+
+def latest_per_key(frame: DataFrame, key: list[str], features: list[str]) -> DataFrame:
+    """One row per ``key``: its features on its latest ``day`` (a query repeats its user's
+    row for every candidate, and a few very active users would otherwise be the sample)."""
+    from pyspark.sql import functions as F
+
+    newest = F.max_by(F.struct(*features), "day").alias("_row")
+    return frame.groupBy(*key).agg(newest).select(*key, "_row.*")
+
+
+def bounded_sample(
+    frame: DataFrame, key: list[str], rows: int, max_rows: int, seed: int
+) -> pd.DataFrame:
+    """``frame`` (of ``rows`` rows) as pandas, or about ``max_rows`` of its rows, chosen by a
+    hash of ``key``: the driver holds a bounded sample whatever the size of the data, and
+    the same data gives the same sample however Spark partitions it."""
+    from pyspark.sql import functions as F
+
+    if rows > max_rows:
+        bucket = F.pmod(F.xxhash64(*key, F.lit(seed)), F.lit(rows))
+        frame = frame.where(bucket < max_rows)
+    return frame.toPandas()
+
+
+def drift_inputs(
+    train: DataFrame, holdout: DataFrame, drift_days: int, max_rows: int, seed: int
+) -> tuple[dict[str, float], dict[str, int]]:
+    """PSI of every monitored feature, the training window against the holdout's latest
+    ``drift_days``, with one row per user (their latest) and per item-day; and how many
+    users each side had. The de-duplication runs in Spark, and PSI on at most ``max_rows``
+    rows per side (:func:`bounded_sample`)."""
+    from pyspark.sql import functions as F
+
+    last_day = holdout.agg(F.max("day")).first()[0]
+    latest = holdout if last_day is None else holdout.where(F.col("day") > last_day - drift_days)
+    drift: dict[str, float] = {}
+    users: dict[str, int] = {}
+    for key, features in (
+        (["user_id"], contracts.USER_FEATURES),
+        (["item_id", "day"], contracts.ITEM_FEATURES),
+    ):
+        sides = []
+        for name, frame in (("train", train), ("latest", latest)):
+            rows = latest_per_key(frame, key, features).cache()
+            count = rows.count()
+            if key == ["user_id"]:
+                users[f"{name}_users"] = count
+            sides.append(bounded_sample(rows, key, count, max_rows, seed))
+            rows.unpersist()
+        drift |= drift_report(*sides, features)
+    return drift, users
 
 
 def read_served(log_dir: Path, max_rows: int) -> pd.DataFrame:

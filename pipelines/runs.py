@@ -15,7 +15,8 @@ from pipelines.config import get_settings
 def stage(name: str) -> Callable:
     """Record a stage's wall time in the run's ``catalog.TIMINGS`` and its peak PSS and CPU
     time (driver and Spark JVM, :mod:`pipelines.resources`) in ``catalog.RESOURCES``; a
-    re-run overwrites the stage's entries."""
+    re-run overwrites the stage's entries. The heap the stage freed goes back to the
+    operating system when it ends (:func:`pipelines.resources.release_memory`)."""
     from pipelines import resources
 
     def decorate(fn: Callable) -> Callable:
@@ -27,6 +28,7 @@ def stage(name: str) -> Callable:
                 with resources.watch() as cost:
                     return fn(day, *args, **kwargs)
             finally:
+                resources.release_memory()
                 settings = get_settings()
                 for entry, value in (
                     (catalog.TIMINGS, round(time.perf_counter() - started, 2)),

@@ -453,7 +453,8 @@ def monitor(logical_date: date) -> dict:
     """Training-serving skew (served log vs offline, same keys and time) and feature drift
     (PSI, training window vs the latest holdout days)."""
     from pipelines import feature_store
-    from pipelines.monitoring import MONITORED_FEATURES, drift_report, read_served, skew_report
+    from pipelines.monitoring import MONITORED_FEATURES, drift_inputs, read_served, skew_report
+    from pipelines.spark import get_spark
 
     settings = get_settings()
     served = read_served(settings.serving_log_dir, settings.skew_rows)
@@ -464,29 +465,19 @@ def monitor(logical_date: date) -> dict:
         )
         offline = feature_store.historical_features_pandas(settings, entities)
         skew = skew_report(served, offline, MONITORED_FEATURES)
+    spark = get_spark(settings)
     columns = [*MONITORED_FEATURES, "day", "user_id", "item_id"]
-    train = pd.read_parquet(catalog.TRAINING_SET.path(settings, date=logical_date), columns=columns)
-    holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=logical_date), columns=columns)
-    latest = holdout[holdout["day"] > holdout["day"].max() - settings.drift_days]
-    # One row per user (their latest) and per item-day: a query repeats its user's row
-    # for every candidate, and a few very active users would otherwise be the sample.
-    drift: dict[str, float] = {}
-    for key, features in (
-        ("user_id", contracts.USER_FEATURES),
-        (["item_id", "day"], contracts.ITEM_FEATURES),
-    ):
-        drift |= drift_report(
-            train.sort_values("day").drop_duplicates(key, keep="last"),
-            latest.sort_values("day").drop_duplicates(key, keep="last"),
-            features,
-        )
+    train, holdout = (
+        spark.read.parquet(str(entry.path(settings, date=logical_date))).select(*columns)
+        for entry in (catalog.TRAINING_SET, catalog.HOLDOUT)
+    )
+    drift, users = drift_inputs(
+        train, holdout, settings.drift_days, settings.drift_sample_rows, settings.seed
+    )
     out = {
         "skew": skew,
         "drift_psi": drift,
-        "drift_rows": {
-            "train_users": int(train["user_id"].nunique()),
-            "latest_users": int(latest["user_id"].nunique()),
-        },
+        "drift_rows": users,
     }
     catalog.MONITORING.save(settings, out, date=logical_date)
     return {

@@ -131,3 +131,57 @@ def test_a_backfilled_earlier_date_never_replaces_a_newer_production_model():
         checks = freshness_check(same_or_newer, "2003-02-28")
         assert gate(better, 0.005, extra_checks=checks)["passed"] is True
     assert freshness_check("2003-02-20", None) == []  # no champion yet
+
+
+def _monitored_rows(rng: np.random.Generator, users: int, days: range) -> pd.DataFrame:
+    """Training-set-like rows: a query per user and day, 3 candidates, the user's features
+    repeated on every candidate and an item's on every row of its day."""
+    from pipelines import contracts
+
+    rows = []
+    for day in days:
+        item_rows = {i: rng.normal(day / 50, 1, len(contracts.ITEM_FEATURES)) for i in range(8)}
+        for user in rng.choice(users, size=users // 2, replace=False):
+            values = rng.normal(day / 50, 1, len(contracts.USER_FEATURES))
+            for item in rng.choice(8, size=3, replace=False):
+                rows.append([day, int(user), int(item), *values, *item_rows[item]])
+    columns = ["day", "user_id", "item_id", *contracts.USER_FEATURES, *contracts.ITEM_FEATURES]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame.loc[frame.sample(frac=0.1, random_state=0).index, "user_cnt_all"] = np.nan
+    return frame
+
+
+def test_drift_in_spark_equals_the_pandas_computation_and_its_sample_is_bounded(spark):
+    """Monitor's drift: one row per user (latest day) and per item-day, de-duplicated in
+    Spark, gives the PSI of the same de-duplication in pandas; past ``max_rows`` the driver
+    gets a sample of about that many rows, the same however Spark partitions the data."""
+    from pipelines import contracts
+    from pipelines.monitoring import bounded_sample, drift_inputs, drift_report
+
+    rng = np.random.default_rng(3)
+    train, holdout = _monitored_rows(rng, 40, range(0, 30)), _monitored_rows(rng, 40, range(30, 45))
+    drift, users = drift_inputs(
+        spark.createDataFrame(train), spark.createDataFrame(holdout), 10, 10_000, 7
+    )
+    latest = holdout[holdout["day"] > holdout["day"].max() - 10]
+    expected: dict[str, float] = {}
+    for key, features in (
+        ("user_id", contracts.USER_FEATURES),
+        (["item_id", "day"], contracts.ITEM_FEATURES),
+    ):
+        expected |= drift_report(
+            train.sort_values("day").drop_duplicates(key, keep="last"),
+            latest.sort_values("day").drop_duplicates(key, keep="last"),
+            features,
+        )
+    assert drift == expected
+    assert users == {"train_users": train["user_id"].nunique(), "latest_users": 40}
+    assert max(drift.values()) > 0.1  # the features moved with the day: a PSI that can fail
+
+    frame = spark.range(2000).withColumnRenamed("id", "user_id")
+    taken = [
+        bounded_sample(frame.repartition(n), ["user_id"], 2000, 200, 7)["user_id"] for n in (1, 7)
+    ]
+    assert 120 <= len(taken[0]) <= 280
+    assert sorted(taken[0]) == sorted(taken[1])
+    assert len(bounded_sample(frame, ["user_id"], 2000, 5000, 7)) == 2000

@@ -431,6 +431,34 @@ def test_resource_watch_sees_memory_and_cpu_of_the_block() -> None:
     assert {"spark_peak_pss_mb", "spark_cpu_s"} <= busy.keys()  # Spark, if any, apart
 
 
+def test_release_memory_hands_freed_heap_back_to_the_os() -> None:
+    """What a stage freed stops counting once it ends: 300 MB of small buffers freed under
+    a live one (so glibc cannot shrink its heap from the top) stay resident until
+    ``release_memory``. In a process of its own, so the figures are its alone."""
+    import subprocess
+    import sys
+
+    script = """
+import psutil
+from pipelines import resources
+me = psutil.Process()
+def rss(): return me.memory_info().rss // resources.MB
+chunks = [bytearray(b"x" * 8192) for _ in range(300 * 128)]  # 300 MB, each in malloc's heap
+keep = bytearray(b"y" * 8192)  # on top of them
+before = rss()
+del chunks
+freed = rss()
+resources.release_memory()
+print(before, freed, rss())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    before, freed, released = (int(x) for x in out.split())
+    assert freed >= before - 50  # freed, but still resident
+    assert released <= freed - 250
+
+
 def test_a_spark_worker_that_exits_keeps_the_cpu_it_used() -> None:
     """A process seen busy and then gone still counts its seconds: a Python worker that
     ends inside a stage must not make the stage's Spark CPU negative."""
