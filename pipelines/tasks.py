@@ -695,7 +695,10 @@ def infra_validate(logical_date: date) -> dict:
         out = {"passed": None, "skipped": True, "reason": reason}
     else:
         tag = catalog.REGISTRATION.load(settings, date=logical_date).model_tag
-        holdout = pd.read_parquet(catalog.HOLDOUT.path(settings, date=logical_date))
+        holdout = pd.read_parquet(
+            catalog.HOLDOUT.path(settings, date=logical_date),
+            columns=["query_id", "user_id", "item_id"],  # all a request needs
+        )
         out = check(tag, settings, sample_requests(holdout, 5, settings.seed))
     catalog.INFRA_VALIDATION.save(settings, out, date=logical_date)
     return out

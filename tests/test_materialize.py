@@ -73,7 +73,7 @@ def test_spark_materialize_writes_what_feast_materialize_writes(tmp_path, tables
 
 
 @pytest.mark.parametrize(
-    ("values", "width", "rows"), [(2_400_000, 48, 50_000), (2_400_000, 96, 25_000), (10, 96, 1)]
+    ("values", "width", "rows"), [(300_000, 48, 6_250), (300_000, 96, 3_125), (10, 96, 1)]
 )
 def test_a_batch_holds_the_same_number_of_values_however_wide_the_view(values, width, rows):
     """Feast makes a protobuf object per feature value: a wider view gets fewer rows a batch."""
