@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,8 @@ class Settings(BaseSettings):
     skew_rows: int = 5_000  # newest served rows compared per run
     drift_max_psi: float = 1.0  # PSI (training window vs latest days) above this blocks promotion
     drift_days: int = 30  # "latest days" of the holdout compared to the training window
-    drift_sample_rows: int = 200_000  # PSI on at most this many rows (users, item-days) a side
+    # PSI on a hash sample of about this many rows (users, item-days) a side
+    drift_sample_rows: int = Field(200_000, gt=0)
     drift_min_users: int = 100  # fewer recent users: drift is reported, not gated
     serving_workers: int = 2  # measured: 1 worker holds p99 <= 10 ms to ~300 RPS, 2 to ~400
     serve_host: str = "127.0.0.1"

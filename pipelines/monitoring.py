@@ -76,8 +76,8 @@ def drift_inputs(
 ) -> tuple[dict[str, float], dict[str, int]]:
     """PSI of every monitored feature, the training window against the holdout's latest
     ``drift_days``, with one row per user (their latest) and per item-day; and how many
-    users each side had. The de-duplication runs in Spark, and PSI on at most ``max_rows``
-    rows per side (:func:`bounded_sample`)."""
+    users each side had. The de-duplication runs in Spark, and PSI on a hash sample of
+    about ``max_rows`` rows per side (:func:`bounded_sample`)."""
     from pyspark.sql import functions as F
 
     last_day = holdout.agg(F.max("day")).first()[0]

@@ -9,16 +9,19 @@ processes, so the driver's and Spark's figures add up.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
+import logging
+import platform
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 import psutil
 
 MB = 2**20
+log = logging.getLogger(__name__)
 
 
 def _spark(proc: psutil.Process) -> list[psutil.Process]:
@@ -105,19 +108,31 @@ def watch(interval_s: float = 0.5) -> Iterator[dict[str, float]]:
         }
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library is another (macOS, musl)."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter is linked to
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
 def release_memory() -> None:
     """Hand the heap a finished stage freed back to the operating system.
 
     ``airflow dags test`` (``make run``, the bench) runs every task in one process, so
     without this a stage starts on the high-water mark of the ones before it: Python
     frees objects, but glibc's malloc keeps the pages, and so does Arrow's memory pool.
-    Collects reference cycles first (pandas and Great Expectations leave some).
+    Collects reference cycles first (pandas and Great Expectations leave some). Never
+    raises: a stage's own outcome is what counts.
     """
-    gc.collect()
-    if "pyarrow" in sys.modules:
-        sys.modules["pyarrow"].default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    if libc and sys.platform.startswith("linux"):
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)  # glibc only (not musl)
+    try:
+        gc.collect()
+        if "pyarrow" in sys.modules:
+            sys.modules["pyarrow"].default_memory_pool().release_unused()
+        trim = _malloc_trim()
         if trim is not None:
             trim(0)
+    except Exception:  # noqa: BLE001 - memory hygiene must not fail or mask a stage
+        log.warning("could not release the freed heap", exc_info=True)

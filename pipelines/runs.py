@@ -28,7 +28,6 @@ def stage(name: str) -> Callable:
                 with resources.watch() as cost:
                     return fn(day, *args, **kwargs)
             finally:
-                resources.release_memory()
                 settings = get_settings()
                 for entry, value in (
                     (catalog.TIMINGS, round(time.perf_counter() - started, 2)),
@@ -38,6 +37,7 @@ def stage(name: str) -> Callable:
                     entry.save(
                         settings, {**(recorded.root if recorded else {}), name: value}, date=day
                     )
+                resources.release_memory()
 
         return wrapper
 

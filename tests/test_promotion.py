@@ -147,7 +147,12 @@ def _monitored_rows(rng: np.random.Generator, users: int, days: range) -> pd.Dat
                 rows.append([day, int(user), int(item), *values, *item_rows[item]])
     columns = ["day", "user_id", "item_id", *contracts.USER_FEATURES, *contracts.ITEM_FEATURES]
     frame = pd.DataFrame(rows, columns=columns)
-    frame.loc[frame.sample(frac=0.1, random_state=0).index, "user_cnt_all"] = np.nan
+    # Missing for some users on some days: on every row of the day, as the join gives it
+    missing = frame[["user_id", "day"]].drop_duplicates().sample(frac=0.1, random_state=0)
+    gone = frame.set_index(["user_id", "day"]).index.isin(
+        missing.set_index(["user_id", "day"]).index
+    )
+    frame.loc[gone, "user_cnt_all"] = np.nan
     return frame
 
 
@@ -177,6 +182,11 @@ def test_drift_in_spark_equals_the_pandas_computation_and_its_sample_is_bounded(
     assert drift == expected
     assert users == {"train_users": train["user_id"].nunique(), "latest_users": 40}
     assert max(drift.values()) > 0.1  # the features moved with the day: a PSI that can fail
+    # Sampled down to ~10 rows a side: the users are still counted before the sample
+    sampled, sampled_users = drift_inputs(
+        spark.createDataFrame(train), spark.createDataFrame(holdout), 10, 10, 7
+    )
+    assert sampled_users == users and sampled.keys() == drift.keys() and sampled != drift
 
     frame = spark.range(2000).withColumnRenamed("id", "user_id")
     taken = [
