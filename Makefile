@@ -32,7 +32,7 @@ UV = $(shell command -v uv 2>/dev/null || python3 -c "import uv; print(uv.find_u
 RUN = $(UV) run --frozen --no-sync
 CLI = $(RUN) python -m pipelines.cli
 
-.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-predict bench-training-set bench-pipeline rollback synth feast clean
+.PHONY: uv install airflow-db bootstrap dag run cluster-up _cluster-up cluster-down _cluster-down serve airflow backfill test lint format bench-serve bench-predict bench-fold-in bench-training-set bench-pipeline rollback synth feast clean
 
 install: .venv/.installed
 .venv/.installed: pyproject.toml uv.lock | uv
@@ -125,6 +125,11 @@ bench-serve: install
 # by Treelite, on the holdout of a finished `make run` (benchmarks/results/predict.json).
 bench-predict: install
 	$(RUN) python -m benchmarks.predict_bench $(BENCH_ARGS)
+
+# The fold-in of fresh user rows, one user at a time against many at once, on the factor
+# snapshots of a finished `make run`; writes benchmarks/results/fold_in.json.
+bench-fold-in: install
+	$(RUN) python -m benchmarks.fold_in_bench $(BENCH_ARGS)
 
 # The training set's point-in-time join, Feast's file store against the Spark as-of join,
 # on the data of a finished `make run`; writes benchmarks/results/training_set.json.

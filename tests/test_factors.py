@@ -417,3 +417,70 @@ def test_fold_in_places_each_vector_by_name_whatever_their_widths(monkeypatch) -
     recent = contracts.column_span(vectors, contracts.USER_RECENT)
     np.testing.assert_allclose(out[0, recent], y[[0, 3, 5]].mean(axis=0))
     assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("window_days", [0, 9])
+def test_the_batched_fold_in_equals_each_user_folded_in_alone(monkeypatch, window_days) -> None:
+    """:func:`fold_in_users` (running sums over many users at once) gives each user-day what
+    :func:`fold_in_state` (one user, one day at a time) gives: with an item engaged again
+    later with a weaker and a stronger rating, many events in one second (the recent
+    profile's ties), items without factors or past the factor table, users whose recent
+    profile has to look past their latest 20 events (repeats), and users split over
+    batches (small batches here)."""
+    monkeypatch.setattr(factors, "FOLD_IN_CHUNK_QUERIES", 7)
+    rng = np.random.default_rng(11)
+    settings = Settings(content_half_life_days=3.0, als_window_days=window_days)
+    n_items = 60
+    y = rng.normal(size=(n_items, contracts.ALS_RANK))
+    y[[3, 17]] = np.nan  # named by events, no factors in the snapshot
+    v = rng.normal(size=(n_items - 5, contracts.CONTENT_DIM))  # the last five: no vector
+    v[8] = np.nan
+    events = []
+    for user in rng.choice(1_000, size=25, replace=False):
+        size = int(rng.integers(1, 120))
+        # repeats: a heavy user's latest 20 events hold fewer than 20 items
+        pool = rng.choice(n_items + 4, size=max(2, size // 4), replace=False)
+        item = rng.choice(pool, size=size)
+        day = rng.integers(0, 40, size=size)
+        second = np.where(rng.random(size) < 0.3, 0, rng.integers(0, DAY, size=size))
+        rating = rng.integers(1, 6, size=size).astype(float)
+        events.append(
+            pd.DataFrame(
+                {
+                    "user_id": user,
+                    "item_id": item,
+                    "rating": rating,
+                    "timestamp": day * DAY + second,
+                }
+            )
+        )
+    # 30 items in one second: the recent profile's cut at 20 falls among ties (by item id)
+    tied = np.arange(20, 50)
+    events.append(
+        pd.DataFrame(
+            {"user_id": 5_000, "item_id": tied, "rating": 1.0, "timestamp": 30 * DAY + 0 * tied}
+        )
+    )
+    events = pd.concat(events, ignore_index=True).sample(frac=1.0, random_state=3)
+    arrays = [
+        events[c].to_numpy(t)
+        for c, t in [
+            ("user_id", "int64"),
+            ("item_id", "int64"),
+            ("rating", "float64"),
+            ("timestamp", "int64"),
+        ]
+    ]
+    users, days, got = factors.fold_in_users(*arrays, 25, y, v, settings)
+    expected = 0
+    for user, mine in events.groupby("user_id"):
+        want_days = sorted({int(t) // DAY + 1 for t in mine["timestamp"] if t >= 25 * DAY})
+        rows = users == user
+        assert days[rows].tolist() == want_days
+        if want_days:
+            want = factors.fold_in_state(mine, want_days, y, v, settings)
+            np.testing.assert_allclose(got[rows], want, rtol=1e-9, atol=1e-12, equal_nan=True)
+        expected += len(want_days)
+    assert len(users) == expected > 40
+    recent = contracts.column_span(contracts.USER_VECTORS, contracts.USER_RECENT)
+    assert np.isfinite(got[:, recent]).all(axis=1).mean() > 0.9  # the comparison has teeth
