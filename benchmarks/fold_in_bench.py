@@ -5,7 +5,9 @@ time (``factors._fold_in``, the reference) against many users at once
 Needs a finished ``make run`` under ``CR_DATA_DIR`` (lake, id maps, factor snapshots). For
 each snapshot with days before the next one, the events of the users active in between
 are read with Spark and cut into ``factors.FOLD_IN_BUCKETS`` buckets as the task cuts
-them; both paths then fold in every bucket in this process, timed by CPU time. Writes
+them; both paths then fold in every bucket in this process, timed by CPU time, the
+per-user loop first. The item factors and content vectors are the snapshots' as saved
+(the task's vectors also cover items first engaged between two snapshots). Writes
 ``benchmarks/results/fold_in.json``.
 
     uv run python -m benchmarks.fold_in_bench

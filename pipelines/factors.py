@@ -393,9 +393,13 @@ def _fold_in(
     return out
 
 
-# The fold-in's batches (``fold_in_users``): user-days solved together, a (n, rank, rank)
-# float64 stack (32 MB at rank 32).
+# The fold-in's batches (``fold_in_users``): user-days solved together. A batch's normal
+# equations are a (n, rank, rank) float64 stack, 32 MB at rank 32, and about five times
+# that at the peak (their running sums and the solve's copies), per Python worker.
 FOLD_IN_CHUNK_QUERIES = 4096
+# The batched fold-in keys each user's recency weights to its first day: 2 ** (days / half-
+# life) must stay far from float64's range over a bucket's days, else users go one by one.
+FOLD_IN_MAX_HALF_LIVES = 500
 
 
 def fold_in_users(
@@ -415,14 +419,18 @@ def fold_in_users(
 
     Without ``als_window_days`` (the default), the events before a day are a prefix of
     those before the next, so all that the fold-in sums is a running sum over a user's
-    events in time order, which :func:`_fold_in_prefix` takes for many users in a few
-    numpy calls, where :func:`_fold_in` makes some twenty per user-day (the README has the
-    ratio). With a window, each user goes through :func:`_fold_in` in turn."""
+    events in time order, which :func:`_fold_in_prefix` takes for many users at once: one
+    matrix product per user-day and one batched solve, where :func:`_fold_in` makes some
+    twenty numpy calls per user-day (the README has the ratio). With a window, or a
+    content half-life under 1/``FOLD_IN_MAX_HALF_LIVES`` of the bucket's days, each user
+    goes through :func:`_fold_in` in turn."""
     if gram is None:
         gram = np.nan_to_num(item_factors).T @ np.nan_to_num(item_factors)
+    user, item, ts = (np.asarray(x, dtype=np.int64) for x in (user, item, ts))
+    rating = np.asarray(rating, dtype=np.float64)
     fresh = ts >= day * 86_400
-    days = np.unique(np.stack([user[fresh], ts[fresh] // 86_400 + 1], axis=1), axis=0)
-    q_user, q_day = days[:, 0], days[:, 1]
+    pairs = np.unique(np.stack([user[fresh], ts[fresh] // 86_400 + 1], axis=1), axis=0)
+    q_user, q_day = pairs[:, 0], pairs[:, 1]
     vectors = np.empty((0, len(contracts.USER_VECTORS)))
     if not len(q_user):
         return q_user, q_day, vectors
@@ -434,15 +442,19 @@ def fold_in_users(
     first_event = np.searchsorted(user, users, "left")
     ends = np.searchsorted(user, users, "right")
     last_query = np.searchsorted(q_user, users, "right")
+    half_lives = (q_day.max() - q_day.min()) / settings.content_half_life_days
+    one_by_one = bool(settings.als_window_days) or (
+        item_content is not None and half_lives > FOLD_IN_MAX_HALF_LIVES
+    )
     states, q0, u0 = [], 0, 0
     while u0 < len(users):
-        if settings.als_window_days:
+        if one_by_one:
             u1 = u0 + 1
         else:  # whole users, about FOLD_IN_CHUNK_QUERIES of their days at a time
             u1 = max(u0 + 1, int(np.searchsorted(last_query, q0 + FOLD_IN_CHUNK_QUERIES, "right")))
         q1, e0, e1 = int(last_query[u1 - 1]), int(first_event[u0]), int(ends[u1 - 1])
         part = (item[e0:e1], rating[e0:e1], ts[e0:e1])
-        if settings.als_window_days:
+        if one_by_one:
             days = q_day[q0:q1].tolist()
             states.append(_fold_in(*part, days, item_factors, item_content, settings, gram))
         else:
@@ -474,11 +486,11 @@ def _lookup(table: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _running(x: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Cumulative sums of ``x``'s rows, restarting at each user (``owner``: the row of the
-    user's first day). The chunk holds few users, so none's sum is small against the
-    chunk's."""
-    total = np.cumsum(x, axis=0)
-    return total - np.concatenate([np.zeros_like(total[:1]), total])[owner]
+    """Cumulative sums of ``x``'s rows within each user (``owner``: the row of the user's
+    first day). Per user, not a sum over the batch less the users before: a light user's
+    sum would lose its digits against a heavy one's."""
+    flat = pd.DataFrame(x.reshape(len(x), -1)).groupby(owner, sort=False).cumsum()
+    return flat.to_numpy().reshape(x.shape)
 
 
 def _fold_in_prefix(
@@ -526,8 +538,8 @@ def _fold_in_prefix(
 
     starts = np.searchsorted(q, np.arange(len(q_user)), "left")  # each day's first event
     ends = np.r_[starts[1:], n]
-    # Σ Δc y yᵀ per day: one product of the day's events each (a few per user-day; as one
-    # stack of outer products it was 2.5x slower on ML-1M, memory-bound)
+    # Σ Δc y yᵀ per day: one product of the day's events each (one stack of outer products
+    # over all events was 2.5x slower than the per-user loop on ML-1M: memory-bound)
     weighted = y * (delta_c * has_y)[:, None]
     a = np.stack([weighted[lo:hi].T @ y[lo:hi] for lo, hi in zip(starts, ends, strict=True)])
     a = a.reshape(len(q_user), rank * rank)
@@ -547,8 +559,10 @@ def _fold_in_prefix(
     )[:, :, 0]
     if item_content is not None:
         # 0.5 ** (age / half-life) = 2 ** ((t - t0) / half-life) * 2 ** ((t0 - day) / ...):
-        # the second factor is the same for all of a day's items and cancels in the mean;
-        # t0 is the user's first day, so the weights stay near one however old the history.
+        # the second factor is the same for all of a day's items and cancels in the mean.
+        # t0 is the user's first day: the weights of its later events stay under
+        # 2 ** FOLD_IN_MAX_HALF_LIVES (fold_in_users), and an event old enough to
+        # underflow here underflows in the per-day weights too.
         v, has_v = _lookup(item_content, item)
         t0 = day_s[user_first][np.searchsorted(q_user[user_first], user)]
         half_life = 86_400.0 * s.content_half_life_days

@@ -419,17 +419,24 @@ def test_fold_in_places_each_vector_by_name_whatever_their_widths(monkeypatch) -
     assert not np.isnan(out).any()
 
 
-@pytest.mark.parametrize("window_days", [0, 9])
-def test_the_batched_fold_in_equals_each_user_folded_in_alone(monkeypatch, window_days) -> None:
+@pytest.mark.parametrize(
+    ("window_days", "half_life", "batch"),
+    [(0, 3.0, 7), (9, 3.0, 7), (0, 0.5, 4096), (0, 0.01, 4096)],
+)
+def test_the_batched_fold_in_equals_each_user_folded_in_alone(
+    monkeypatch, window_days, half_life, batch
+) -> None:
     """:func:`fold_in_users` (running sums over many users at once) gives each user-day what
     :func:`fold_in_state` (one user, one day at a time) gives: with an item engaged again
     later with a weaker and a stronger rating, many events in one second (the recent
     profile's ties), items without factors or past the factor table, users whose recent
     profile has to look past their latest 20 events (repeats), and users split over
-    batches (small batches here)."""
-    monkeypatch.setattr(factors, "FOLD_IN_CHUNK_QUERIES", 7)
+    batches of 7 user-days. With all users in one batch and a short half-life (recency
+    weights up to 2 ** 32 apart: a light user's sums among heavy ones'), and with one so
+    short that the batch hands each user to the per-user fold-in."""
+    monkeypatch.setattr(factors, "FOLD_IN_CHUNK_QUERIES", batch)
     rng = np.random.default_rng(11)
-    settings = Settings(content_half_life_days=3.0, als_window_days=window_days)
+    settings = Settings(content_half_life_days=half_life, als_window_days=window_days)
     n_items = 60
     y = rng.normal(size=(n_items, contracts.ALS_RANK))
     y[[3, 17]] = np.nan  # named by events, no factors in the snapshot
